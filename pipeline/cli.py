@@ -1,0 +1,44 @@
+"""Entry point shared by the stages: logging set-up and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import PipelineError
+from pipeline.params import ParamsError
+
+log = logging.getLogger("pipeline")
+
+
+def setup_logging() -> None:
+    """INFO to stderr; LOGLEVEL=DEBUG for more. Quiets TensorFlow's C++ start-up chatter."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(
+        level=os.environ.get("LOGLEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run a stage's ``main()``; known failures become one ``error:`` line and exit 1."""
+    setup_logging()
+    # SIGTERM (dvc queue kill, CI timeouts) unwinds like Ctrl-C, so `finally` blocks and
+    # the tracking module can mark the run KILLED and temp files are removed.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        main()
+    except (PipelineError, ParamsError) as e:
+        log.error("%s", e)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        sys.exit(130)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

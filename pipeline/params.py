@@ -1,0 +1,227 @@
+"""params.yaml parsed once into typed, validated, frozen dataclasses.
+
+Every section is a dataclass; every key is a typed field. Unknown keys, wrong types and
+impossible values raise :class:`ParamsError` with a message that names the key, e.g.
+``params.yaml: train.batch_size: must be >= 1, got -3``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, malformed, or holds an invalid value."""
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"lo": lo, "hi": hi, "lo_open": lo_open}
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    # Public MNIST mirrors, tried in order. MNIST_MIRROR (URL or directory) replaces them.
+    mirrors: tuple[str, ...]
+    timeout_s: float = field(default=30.0, metadata=_range(0, lo_open=True))
+    retries: int = field(default=3, metadata=_range(1, 10))  # attempts per mirror
+    backoff_s: float = field(default=1.0, metadata=_range(0))  # doubled after each attempt
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    val_size: int = field(default=5000, metadata=_range(1, 59_990))  # taken from the 60k train
+    seed: int = field(default=42, metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    activation: Literal["tanh", "relu"] = "tanh"
+    pooling: Literal["max", "average"] = "max"
+    padding: Literal[0, 2] = 2  # 2: the paper's 32x32 input; 0: the 28x28 variant
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
+    learning_rate: float = field(default=0.01, metadata=_range(0, 10, lo_open=True))
+    momentum: float = field(default=0.0, metadata=_range(0, 1))  # sgd, rmsprop
+    nesterov: bool = False  # sgd
+    weight_decay: float = field(default=0.0, metadata=_range(0, 1))  # adamw
+    # constant | cosine (to 0 over all epochs) | exponential / step (x lr_decay_rate
+    # every lr_decay_epochs, smoothly or in steps)
+    lr_schedule: Literal["constant", "cosine", "exponential", "step"] = "constant"
+    lr_decay_rate: float = field(default=0.1, metadata=_range(0, 1, lo_open=True))
+    lr_decay_epochs: float = field(default=10.0, metadata=_range(0, lo_open=True))
+    warmup_epochs: float = field(default=0.0, metadata=_range(0))  # cosine only
+    label_smoothing: float = field(default=0.0, metadata=_range(0, 0.5))
+    batch_size: int = field(default=128, metadata=_range(1, 60_000))
+    epochs: int = field(default=30, metadata=_range(1, 10_000))
+    seed: int = field(default=42, metadata=_range(0))
+    max_samples: int | None = field(default=None, metadata=_range(1))  # null = all
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    misclassified_shown: int = field(default=36, metadata=_range(1, 400))
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    experiment: str = "lenet5-mnist"
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    model_name: str = "lenet5-mnist"
+    alias: str = "champion"
+
+
+@dataclass(frozen=True)
+class Params:
+    download: DownloadParams
+    preprocess: PreprocessParams
+    model: ModelParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    tracking: TrackingParams
+    register: RegisterParams
+
+    def flat(self) -> dict[str, Any]:
+        """All params as ``{"train.learning_rate": 0.01, ...}`` (for MLflow)."""
+        out: dict[str, Any] = {}
+        for section in dataclasses.fields(self):
+            for key, value in dataclasses.asdict(getattr(self, section.name)).items():
+                out[f"{section.name}.{key}"] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
+            type(None): "null"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in the field's type."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        # bool is an int in Python: never let `true` pass for the literal 1.
+        for allowed in typing.get_args(tp):
+            if value == allowed and type(value) is type(allowed):
+                return value
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ParamsError:
+                pass
+    elif origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, list):
+            return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ParamsError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
+    if value is None or not meta:
+        return
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        raise ParamsError(f"{key}: must be {'>' if meta.get('lo_open') else '>='} {lo}, "
+                          f"got {value!r}")
+    if hi is not None and value > hi:
+        raise ParamsError(f"{key}: must be <= {hi}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{prefix}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}"
+        if name not in raw:
+            if f.default is dataclasses.MISSING:
+                raise ParamsError(f"{key}: required key is missing")
+            continue
+        values[name] = _coerce(raw[name], hints[name], key)
+        _check_range(values[name], f.metadata, key)
+    return cls(**values)
+
+
+def _validate(p: Params) -> None:
+    """Cross-field checks that one field's annotation cannot express."""
+    if not p.download.mirrors:
+        raise ParamsError("download.mirrors: needs at least one mirror")
+    for i, m in enumerate(p.download.mirrors):
+        if not m.strip():
+            raise ParamsError(f"download.mirrors[{i}]: empty mirror")
+    if p.tracking.experiment.strip() == "":
+        raise ParamsError("tracking.experiment: must not be empty")
+    if p.register.model_name.strip() == "" or p.register.alias.strip() == "":
+        raise ParamsError("register: model_name and alias must not be empty")
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a parsed params.yaml mapping (keys with defaults may be omitted)."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"expected a mapping of sections at the top level, got {raw!r}")
+    hints = typing.get_type_hints(Params)
+    names = [f.name for f in dataclasses.fields(Params)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ParamsError(f"{unknown[0]}: unknown section (known: {', '.join(names)})")
+    if "download" not in raw:
+        raise ParamsError("download: required section is missing")
+    params = Params(**{n: _build(hints[n], raw.get(n) or {}, n) for n in names})
+    _validate(params)
+    return params
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; any problem raises ParamsError naming the key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ParamsError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"{path} is not valid YAML{where}: "
+                          f"{getattr(e, 'problem', None) or e}") from None
+    try:
+        return parse_params(raw if raw is not None else {})
+    except ParamsError as e:
+        raise ParamsError(f"{path}: {e}") from None
