@@ -15,11 +15,10 @@ log = logging.getLogger("pipeline")
 
 
 def setup_logging() -> None:
-    """INFO to stderr; LOGLEVEL=DEBUG for more. Quiets TensorFlow's C++ start-up chatter."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """INFO to stderr; LOGLEVEL=DEBUG for more."""
     logging.basicConfig(
         level=os.environ.get("LOGLEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
 

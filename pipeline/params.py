@@ -111,8 +111,13 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is tuple:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
-            type(None): "null"}.get(tp, str(tp))
+    return {
+        int: "an integer",
+        float: "a number",
+        bool: "true/false",
+        str: "a string",
+        type(None): "null",
+    }.get(tp, str(tp))
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -152,8 +157,9 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
         return
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
-        raise ParamsError(f"{key}: must be {'>' if meta.get('lo_open') else '>='} {lo}, "
-                          f"got {value!r}")
+        raise ParamsError(
+            f"{key}: must be {'>' if meta.get('lo_open') else '>='} {lo}, got {value!r}"
+        )
     if hi is not None and value > hi:
         raise ParamsError(f"{key}: must be <= {hi}, got {value!r}")
 
@@ -219,8 +225,9 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ParamsError(f"{path} is not valid YAML{where}: "
-                          f"{getattr(e, 'problem', None) or e}") from None
+        raise ParamsError(
+            f"{path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}"
+        ) from None
     try:
         return parse_params(raw if raw is not None else {})
     except ParamsError as e:

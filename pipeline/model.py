@@ -1,0 +1,45 @@
+"""LeNet-5 (LeCun et al. 1998) as one readable Keras ``Sequential``.
+
+The model takes raw MNIST pixels (N×28×28, values 0–255) and does its own scaling and
+zero-padding, so the served model needs no preprocessing that could skew from training.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from pipeline.params import ModelParams
+
+
+def build_lenet5(cfg: ModelParams) -> keras.Sequential:
+    """LeNet-5; trainable parameters per layer with padding=2: 156/2416/48120/10164/850."""
+    pool = {"max": layers.MaxPooling2D, "average": layers.AveragePooling2D}[cfg.pooling]
+    side = 28 + 2 * cfg.padding  # 32 with the paper's padding
+    act = cfg.activation
+    return keras.Sequential(
+        [
+            keras.Input(shape=(28, 28), name="pixels"),  # raw 0–255
+            layers.Reshape((28, 28, 1), name="channel"),
+            layers.Rescaling(1 / 255, name="scale"),  # -> [0, 1]
+            layers.ZeroPadding2D(cfg.padding, name="pad"),  # -> side×side×1
+            layers.Conv2D(6, 5, activation=act, name="C1"),  # -> (side-4)²×6
+            pool(2, 2, name="S2"),  # -> ((side-4)/2)²×6
+            layers.Conv2D(16, 5, activation=act, name="C3"),  # -> ((side-4)/2-4)²×16
+            pool(2, 2, name="S4"),  # -> 5×5×16 (4×4×16 without padding)
+            layers.Flatten(name="flatten"),  # -> 400 (256 without padding)
+            layers.Dense(120, activation=act, name="C5"),
+            layers.Dense(84, activation=act, name="F6"),
+            layers.Dense(10, activation="softmax", name="output"),
+        ],
+        name=f"lenet5_{side}x{side}",
+    )
+
+
+def trainable_params_per_layer(model: keras.Model) -> dict[str, int]:
+    """{"C1": 156, ...} for the layers that have weights."""
+    return {
+        layer.name: sum(int(w.numpy().size) for w in layer.trainable_weights)
+        for layer in model.layers
+        if layer.trainable_weights
+    }

@@ -1,0 +1,83 @@
+"""Figures (matplotlib, headless): sample grid, learning curves, confusion matrix, errors.
+
+Each function takes arrays and returns a Figure; :func:`save` writes it atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from pipeline.data import atomic_write  # noqa: E402
+
+
+def save(fig: Figure, path: Path) -> None:
+    """Write a PNG atomically and free the figure."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100), suffix=".png")
+    plt.close(fig)
+
+
+def digit_grid(images: np.ndarray, titles: list[str], cols: int = 10) -> Figure:
+    """A grid of 28×28 digits with a title each."""
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 1.05), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, title in zip(axes.flat, images, titles, strict=False):
+        ax.imshow(img, cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def samples_per_class(x: np.ndarray, y: np.ndarray, per_class: int = 10) -> Figure:
+    """One row per digit 0–9, ``per_class`` examples each (the first ones, deterministic)."""
+    idx = np.concatenate([np.flatnonzero(y == d)[:per_class] for d in range(10)])
+    return digit_grid(x[idx], [str(int(y[i])) for i in idx], cols=per_class)
+
+
+def learning_curves(history: pd.DataFrame) -> Figure:
+    """Loss and accuracy per epoch, train vs validation."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.plot(history["epoch"], history[metric], marker=".", label="train")
+        ax.plot(history["epoch"], history[f"val_{metric}"], marker=".", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(cm: np.ndarray) -> Figure:
+    """Counts with true labels on rows, predictions on columns."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax)
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = cm.max() / 2
+    for (i, j), n in np.ndenumerate(cm):
+        ax.text(
+            j,
+            i,
+            str(n),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if n > threshold else "black",
+        )
+    ax.set_title(f"Confusion matrix ({cm.sum()} test images)")
+    fig.tight_layout()
+    return fig

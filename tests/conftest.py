@@ -1,0 +1,114 @@
+"""Shared fixtures: the local MNIST mirror, and throwaway copies of this project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "mnist"
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """../shared/mnist: the four official MNIST files (required in CI)."""
+    if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{SHARED_MNIST} is missing: CI must provide the local MNIST mirror")
+        pytest.skip(f"{SHARED_MNIST} not found")
+    return SHARED_MNIST
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """Environment for `dvc`/stage subprocesses: this venv first on PATH, no outside store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("PYTHONPATH", None)
+    env.update(extra)
+    return env
+
+
+def run(
+    cmd: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
+    """Run a command; on an unexpected failure show its output in the assertion."""
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env or stage_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n"
+            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy the project's source (what git would commit) into ``dest`` as a fresh git repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in files:
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "add", "-A"], dest)
+    run([*git, "commit", "-qm", "copy"], dest)
+    return dest
+
+
+def set_params(project: Path, **changes: object) -> None:
+    """set_params(p, train__epochs=1) edits params.yaml (section__key=value)."""
+    path = project / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        section, name = key.split("__", 1)
+        raw[section][name] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+SMOKE = {"train__max_samples": 2000, "train__epochs": 2, "train__batch_size": 128}
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory, mnist_dir) -> Path:
+    """A copy of the project after one real `dvc repro` on a slice (2,000 images, 2 epochs).
+
+    Shared by the tests that only read it; tests that change it work on a `clone_of` it.
+    """
+    project = copy_project(tmp_path_factory.mktemp("smoke"))
+    set_params(project, **SMOKE)
+    run(["git", "commit", "-qam", "smoke params"], project)
+    run(["dvc", "repro"], project, stage_env(MNIST_MIRROR=str(mnist_dir)))
+    return project
+
+
+def clone_of(project: Path, dest: Path) -> Path:
+    """A full copy (data, DVC cache and MLflow store included) to change freely."""
+    shutil.copytree(project, dest, symlinks=True, dirs_exist_ok=True)
+    return dest
+
+
+def mlflow_client(project: Path):
+    """An MlflowClient on a project's default store."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")

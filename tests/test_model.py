@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from pipeline.model import build_lenet5, trainable_params_per_layer
+from pipeline.params import ModelParams
+
+
+@pytest.mark.parametrize(
+    ("padding", "expected"),
+    [
+        (2, {"C1": 156, "C3": 2416, "C5": 48120, "F6": 10164, "output": 850}),  # 61,706
+        (0, {"C1": 156, "C3": 2416, "C5": 30840, "F6": 10164, "output": 850}),  # 44,426
+    ],
+)
+def test_trainable_parameters_per_layer(padding, expected):
+    model = build_lenet5(ModelParams(padding=padding))
+    assert trainable_params_per_layer(model) == expected
+    assert model.count_params() == sum(expected.values())
+
+
+def test_shapes_follow_the_paper():
+    model = build_lenet5(ModelParams())
+    shapes = {layer.name: tuple(layer.output.shape[1:]) for layer in model.layers}
+    assert shapes["pad"] == (32, 32, 1)
+    assert shapes["C1"] == (28, 28, 6)
+    assert shapes["S2"] == (14, 14, 6)
+    assert shapes["C3"] == (10, 10, 16)
+    assert shapes["S4"] == (5, 5, 16)
+    assert shapes["flatten"] == (400,)
+
+
+@pytest.mark.parametrize("cfg", [ModelParams(activation="relu", pooling="average"), ModelParams()])
+def test_takes_raw_pixels_and_returns_probabilities(cfg):
+    model = build_lenet5(cfg)
+    x = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28)).astype("uint8")
+    probs = np.asarray(model(x.astype("float32")))
+    assert probs.shape == (4, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    conv = model.get_layer("C1")
+    assert conv.activation.__name__ == cfg.activation
+    assert type(model.get_layer("S2")).__name__.lower().startswith(cfg.pooling)

@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.params import ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def raw_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_project_params_are_the_reference_recipe():
+    p = load_params(ROOT / "params.yaml")
+    assert (p.train.optimizer, p.train.learning_rate, p.train.batch_size, p.train.epochs) == (
+        "sgd",
+        0.01,
+        128,
+        30,
+    )
+    assert (p.model.activation, p.model.pooling, p.model.padding) == ("tanh", "max", 2)
+    assert p.preprocess.val_size == 5000
+    assert len(p.download.mirrors) >= 2
+    assert all(m.startswith("https://") or m.startswith("http://") for m in p.download.mirrors)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "learnig_rate", 0.1, "train.learnig_rate: unknown key"),
+        ("train", "batch_size", "128", "train.batch_size: expected an integer, got '128'"),
+        ("train", "batch_size", 12.5, "train.batch_size: expected an integer"),
+        ("train", "epochs", True, "train.epochs: expected an integer, got True"),
+        ("train", "learning_rate", -0.1, "train.learning_rate: must be > 0"),
+        ("train", "optimizer", "adamx", "train.optimizer: expected one of 'sgd'"),
+        ("train", "max_samples", 0, "train.max_samples: must be >= 1"),
+        ("train", "nesterov", "yes", "train.nesterov: expected true/false"),
+        ("model", "activation", "sigmoid", "model.activation: expected one of 'tanh', 'relu'"),
+        ("model", "padding", 1, "model.padding: expected one of 0, 2"),
+        ("preprocess", "val_size", -5, "preprocess.val_size: must be >= 1, got -5"),
+        ("download", "mirrors", [], "download.mirrors: needs at least one mirror"),
+        ("download", "mirrors", "http://x/", "download.mirrors: expected a list of a string"),
+        ("download", "timeout_s", 0, "download.timeout_s: must be > 0"),
+    ],
+)
+def test_bad_values_name_the_key(section, key, value, message):
+    raw = raw_params()
+    raw[section][key] = value
+    with pytest.raises(ParamsError) as e:
+        parse_params(raw)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_int_is_accepted_for_float_and_null_for_optional():
+    raw = raw_params()
+    raw["train"]["learning_rate"] = 1
+    raw["train"]["max_samples"] = None
+    p = parse_params(raw)
+    assert p.train.learning_rate == 1.0 and isinstance(p.train.learning_rate, float)
+    assert p.train.max_samples is None
+
+
+def test_unknown_section_and_missing_defaults():
+    raw = raw_params()
+    raw["trian"] = {}
+    with pytest.raises(ParamsError, match="trian: unknown section"):
+        parse_params(raw)
+    minimal = {"download": {"mirrors": ["http://127.0.0.1:1/"]}}
+    assert parse_params(minimal).train.epochs == 30
+
+
+def test_invalid_yaml_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  epochs: [1,\n")
+    with pytest.raises(ParamsError, match=r"params.yaml is not valid YAML at line \d+"):
+        load_params(bad)
+
+
+def test_flat_keys_cover_every_param():
+    flat = load_params(ROOT / "params.yaml").flat()
+    assert flat["train.learning_rate"] == 0.01
+    assert flat["download.mirrors"][0].startswith("https://")
+    assert len(flat) == sum(len(v) for v in raw_params().values())
