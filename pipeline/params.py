@@ -52,7 +52,7 @@ class ModelParams:
 @dataclass(frozen=True)
 class TrainParams:
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
-    learning_rate: float = field(default=0.01, metadata=_range(0, 10, lo_open=True))
+    learning_rate: float = field(default=0.01, metadata=_range(0, lo_open=True))
     momentum: float = field(default=0.0, metadata=_range(0, 1))  # sgd, rmsprop
     nesterov: bool = False  # sgd
     weight_decay: float = field(default=0.0, metadata=_range(0, 1))  # adamw
