@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from pipeline.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ _EXPS_TMP = (".dvc", "tmp", "exps")
 # SQLite waits this long for another writer (a second queue worker) instead of failing
 # with "database is locked".
 _SQLITE_TIMEOUT_S = 60
+MODEL_URI_TAG = "model.uri"  # set on a run once its model is logged
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -237,4 +240,91 @@ def log_model(model, input_example) -> str:  # (keras.Model, np.ndarray) -> mode
         input_example=input_example,
         pip_requirements=_pip_requirements(),
     )
+    mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     return info.model_uri
+
+
+def load_pyfunc(model_uri: str):  # -> mlflow.pyfunc.PyFuncModel
+    """Load a logged or registered model (``models:/name@alias``, ``runs:/...``) for predict.
+
+    A missing registered model, alias or artifact becomes one line naming the URI.
+    """
+    import mlflow
+
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except (mlflow.exceptions.MlflowException, OSError) as e:
+        raise TrackingError(f"cannot load {model_uri}: {_first_line(e)}") from None
+
+
+# --- Model registry -------------------------------------------------------------------
+
+
+def finished_runs(experiment_id: str) -> pd.DataFrame:
+    """Runs that completed train *and* evaluate, newest first, as ``mlflow.search_runs`` rows.
+
+    RUNNING (perhaps killed with SIGKILL), FAILED and KILLED runs are left out, and so are
+    runs that never got a test_accuracy or a logged model.
+    """
+    import mlflow
+
+    df = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string="attributes.status = 'FINISHED' and metrics.test_accuracy >= 0",
+        order_by=["attributes.start_time DESC"],
+    )
+    for column in ("metrics.test_loss", f"tags.{MODEL_URI_TAG}"):
+        if column not in df:
+            df[column] = None
+    return df
+
+
+def _client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def version_of_run(name: str, run_id: str):  # -> ModelVersion | None
+    """The registered version already made from ``run_id``, if any."""
+    import mlflow
+
+    try:
+        found = _client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except mlflow.exceptions.MlflowException:
+        return None  # the registered model does not exist yet
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def register(model_uri: str, name: str, tags: Mapping[str, str]):  # -> ModelVersion
+    """Create a new version of ``name`` from a logged model, tagged with its lineage."""
+    import mlflow
+
+    try:
+        return mlflow.register_model(model_uri, name, tags=dict(tags))
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot register {model_uri} as {name}: {_first_line(e)}") from None
+
+
+def alias_target(name: str, alias: str):  # -> ModelVersion | None
+    """The version ``name@alias`` points at; None if the model, alias or version is gone."""
+    import mlflow
+
+    try:
+        return _client().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException as e:
+        log.info("%s@%s not found (%s)", name, alias, _first_line(e))
+        return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    _client().set_registered_model_alias(name, alias, version)
+
+
+def get_run(run_id: str):  # -> mlflow.entities.Run | None
+    import mlflow
+
+    try:
+        return _client().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None

@@ -1,0 +1,107 @@
+"""Stage ``register``: make the best finished run the ``@champion`` of the registered model.
+
+- best run = highest test_accuracy, then lower test_loss, then newer (``mlflow.search_runs``);
+- registers its model as a new version only if that run has none yet (idempotent);
+- moves the alias only when the best version is strictly better than the current champion;
+- writes data/register/champion.json (name, version, run id, test_accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import tracking
+from pipeline.cli import run
+from pipeline.data import write_json
+from pipeline.errors import PipelineError
+from pipeline.params import load_params
+
+log = logging.getLogger(__name__)
+
+OUT_FILE = Path("data/register/champion.json")
+
+
+def rank_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Candidates best first: with a logged model; accuracy desc, loss asc, newest first."""
+    ok = runs[runs[f"tags.{tracking.MODEL_URI_TAG}"].notna()]
+    return ok.sort_values(
+        ["metrics.test_accuracy", "metrics.test_loss", "start_time"],
+        ascending=[False, True, False],
+        na_position="last",
+        kind="stable",
+    )
+
+
+def score(metrics: dict[str, float]) -> tuple[float, float]:
+    """Comparable key: higher is better (accuracy first, then lower loss)."""
+    loss = metrics.get("test_loss")
+    return (metrics.get("test_accuracy", -1.0), -loss if loss is not None else float("-inf"))
+
+
+def lineage_tags(run) -> dict[str, str]:  # (mlflow.entities.Run)
+    """What trained this model: run id, git commit, data hashes, params (as JSON)."""
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith(("git.", "data.", "dvc."))}
+    return {
+        "run_id": run.info.run_id,
+        **tags,
+        "params": json.dumps(run.data.params, sort_keys=True),
+    }
+
+
+def main() -> None:
+    params = load_params()
+    name, alias = params.register.model_name, params.register.alias
+    experiment_id = tracking.connect(params.tracking.experiment)
+    ranked = rank_runs(tracking.finished_runs(experiment_id))
+    if ranked.empty:
+        raise PipelineError("no finished run with test metrics and a model to register")
+    best = ranked.iloc[0]
+    run_obj = tracking.get_run(best.run_id)
+
+    version = tracking.version_of_run(name, best.run_id)
+    if version is None:
+        version = tracking.register(
+            best[f"tags.{tracking.MODEL_URI_TAG}"], name, lineage_tags(run_obj)
+        )
+        log.info("registered run %s as %s version %s", best.run_id, name, version.version)
+    else:
+        log.info("run %s is already %s version %s", best.run_id, name, version.version)
+
+    current = tracking.alias_target(name, alias)
+    current_run = tracking.get_run(current.run_id) if current else None
+    best_score = score(run_obj.data.metrics)
+    if current is not None and current.version == version.version:
+        log.info("%s@%s already is version %s", name, alias, version.version)
+    elif current_run is None or best_score > score(current_run.data.metrics):
+        tracking.set_alias(name, alias, version.version)
+        log.info(
+            "%s@%s -> version %s (test_accuracy %.4f)", name, alias, version.version, best_score[0]
+        )
+    else:
+        log.info(
+            "%s@%s stays at version %s: it is at least as good as version %s",
+            name,
+            alias,
+            current.version,
+            version.version,
+        )
+        version = current
+    champion_run = tracking.get_run(version.run_id)
+    write_json(
+        OUT_FILE,
+        {
+            "name": name,
+            "alias": alias,
+            "version": int(version.version),
+            "run_id": version.run_id,
+            "test_accuracy": champion_run.data.metrics.get("test_accuracy"),
+        },
+    )
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,123 @@
+"""The register stage against a real SQLite MLflow store with real runs."""
+
+import json
+import sys
+
+import pandas as pd
+import pytest
+
+from pipeline.register import rank_runs, score
+from tests.conftest import clone_of, mlflow_client, run, stage_env
+
+pytestmark = pytest.mark.slow
+NAME = "lenet5-mnist"
+
+
+def test_rank_runs_orders_by_accuracy_then_loss_then_newest():
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c", "d", "e"],
+            "metrics.test_accuracy": [0.98, 0.99, 0.99, 0.99, 0.999],
+            "metrics.test_loss": [0.05, 0.04, 0.03, 0.03, 0.01],
+            "start_time": [t, t, t, t + pd.Timedelta(1, "s"), t],
+            "tags.model.uri": ["m-a", "m-b", "m-c", "m-d", None],  # e has no model
+        }
+    )
+    assert rank_runs(runs)["run_id"].tolist() == ["d", "c", "b", "a"]
+    assert score({"test_accuracy": 0.99, "test_loss": 0.03}) > score(
+        {"test_accuracy": 0.99, "test_loss": 0.04}
+    )
+
+
+def _register(project):
+    return run([sys.executable, "-m", "pipeline.register"], project, stage_env())
+
+
+def _versions(client):
+    return sorted(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'"))
+
+
+def test_repro_registers_the_run_as_champion_with_lineage(smoke_project):
+    client = mlflow_client(smoke_project)
+    run_id = json.loads((smoke_project / "data/train/run.json").read_text())["run_id"]
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert champion.run_id == run_id
+    tags = champion.tags
+    assert tags["run_id"] == run_id and len(tags["git.commit"]) == 40
+    assert json.loads(tags["params"])["train.max_samples"] == "2000"
+    assert {"data.train.md5", "data.val.md5", "data.test.md5"} <= set(tags)
+    out = json.loads((smoke_project / "data/register/champion.json").read_text())
+    assert out["version"] == int(champion.version) and out["run_id"] == run_id
+    assert out["test_accuracy"] == pytest.approx(
+        json.loads((smoke_project / "data/eval/metrics.json").read_text())["test_accuracy"]
+    )
+
+
+def test_register_is_idempotent_and_ignores_incomplete_runs(smoke_project, tmp_path):
+    project = clone_of(smoke_project, tmp_path)
+    client = mlflow_client(project)
+    before = _versions(client)
+    champion = client.get_model_version_by_alias(NAME, "champion").version
+    exp = client.get_experiment_by_name(NAME).experiment_id
+    # A dangling run (SIGKILLed mid-evaluate) and a finished run without a model, both
+    # "better" than anything real: neither may be registered.
+    dangling = client.create_run(exp)
+    client.log_metric(dangling.info.run_id, "test_accuracy", 0.9999)
+    no_model = client.create_run(exp)
+    client.log_metric(no_model.info.run_id, "test_accuracy", 0.9998)
+    client.set_terminated(no_model.info.run_id, "FINISHED")
+    _register(project)
+    _register(project)
+    assert _versions(client) == before
+    assert client.get_model_version_by_alias(NAME, "champion").version == champion
+
+
+def test_better_experiment_takes_the_alias_and_worse_one_does_not(smoke_project, tmp_path):
+    project = clone_of(smoke_project, tmp_path)
+    client = mlflow_client(project)
+    old = client.get_model_version_by_alias(NAME, "champion")
+    old_acc = client.get_run(old.run_id).data.metrics["test_accuracy"]
+    env = stage_env()
+    run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-n",
+            "adam-better",
+            "-S",
+            "train.optimizer=adam",
+            "-S",
+            "train.learning_rate=0.002",
+        ],
+        project,
+        env,
+    )
+    new = client.get_model_version_by_alias(NAME, "champion")
+    new_run = client.get_run(new.run_id)
+    assert new_run.data.metrics["test_accuracy"] > old_acc
+    assert new_run.data.tags["dvc.exp_name"] == "adam-better"
+    assert new_run.info.run_name == "adam-better"
+    versions = _versions(client)
+
+    # Experiments start from the workspace, which now holds the adam recipe.
+    run(["dvc", "exp", "run", "-n", "adam-worse", "-S", "train.learning_rate=0.0001"], project, env)
+    assert client.get_model_version_by_alias(NAME, "champion").version == new.version
+    assert _versions(client) == versions  # the worse run is not even registered
+    worse = client.search_runs(
+        [new_run.info.experiment_id], filter_string="tags.`dvc.exp_name` = 'adam-worse'"
+    )
+    assert len(worse) == 1
+    assert worse[0].data.metrics["test_accuracy"] < new_run.data.metrics["test_accuracy"]
+
+
+def test_alias_on_a_deleted_version_is_repaired(smoke_project, tmp_path):
+    project = clone_of(smoke_project, tmp_path)
+    client = mlflow_client(project)
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    client.delete_model_version(NAME, champion.version)
+    proc = _register(project)
+    fixed = client.get_model_version_by_alias(NAME, "champion")
+    assert fixed.run_id == champion.run_id and fixed.version != champion.version
+    assert "registered run" in proc.stderr
