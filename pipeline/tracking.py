@@ -279,6 +279,13 @@ def finished_runs(experiment_id: str) -> pd.DataFrame:
     return df
 
 
+def all_runs(experiment_id: str) -> pd.DataFrame:
+    """Every run of the experiment, whatever its status, newest first."""
+    import mlflow
+
+    return mlflow.search_runs([experiment_id], order_by=["attributes.start_time DESC"])
+
+
 def _client():
     import mlflow
 
