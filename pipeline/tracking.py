@@ -103,7 +103,11 @@ def _first_line(e: BaseException) -> str:
 
 
 def git_tags(cwd: Path | None = None) -> dict[str, str]:
-    """Commit and dirtiness of the code that ran (dvc.lock changes don't count as dirty)."""
+    """Commit, and whether the code differed from it.
+
+    params.yaml and dvc.lock don't count as dirty: params are logged one by one, and
+    ``dvc exp run -S`` changes exactly those two files.
+    """
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -112,7 +116,15 @@ def git_tags(cwd: Path | None = None) -> dict[str, str]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
+        dirty = git(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!dvc.lock",
+            ":!params.yaml",
+        )
     except (OSError, subprocess.CalledProcessError):
         return {"git.commit": "unknown"}
     return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
@@ -321,6 +333,15 @@ def alias_target(name: str, alias: str):  # -> ModelVersion | None
         return _client().get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException as e:
         log.info("%s@%s not found (%s)", name, alias, _first_line(e))
+        return None
+
+
+def model_version(name: str, version: str):  # -> ModelVersion | None
+    import mlflow
+
+    try:
+        return _client().get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
         return None
 
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,69 @@ def mlflow_client(project: Path):
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``proc`` died."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+class Server:
+    """A server process in its own process group, stopped (with its workers) on exit."""
+
+    def __init__(self, cmd: list[str], cwd: Path, env: dict[str, str], health_url: str):
+        self.cmd, self.cwd, self.env, self.health_url = cmd, cwd, env, health_url
+
+    def __enter__(self) -> subprocess.Popen:
+        # A file, not a pipe: nobody drains a pipe, and a full one blocks the server.
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log")
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=self.cwd,
+            env=self.env,
+            text=True,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_http(self.health_url, self.proc)
+        except BaseException as e:
+            self.__exit__()
+            self.log.seek(0)
+            raise AssertionError(f"{e}\n--- server log\n{self.log.read()[-4000:]}") from None
+        return self.proc
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
