@@ -27,8 +27,10 @@ def run(main: Callable[[], object]) -> None:
     """Run a stage's ``main()``; known failures become one ``error:`` line and exit 1."""
     setup_logging()
     # SIGTERM (dvc queue kill, CI timeouts) unwinds like Ctrl-C, so `finally` blocks and
-    # the tracking module can mark the run KILLED and temp files are removed.
+    # the tracking module can mark the run KILLED and temp files are removed. SIGINT is set
+    # explicitly because a shell starts background jobs with it ignored.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         main()
     except (PipelineError, ParamsError) as e:
