@@ -63,6 +63,11 @@ class TrainParams:
     lr_decay_epochs: float = field(default=10.0, metadata=_range(0, lo_open=True))
     warmup_epochs: float = field(default=0.0, metadata=_range(0))  # cosine only
     label_smoothing: float = field(default=0.0, metadata=_range(0, 0.5))
+    # Random shifts (± pixels) and rotations (± degrees) of training digits; compiled loop.
+    augment_shift: int = field(default=0, metadata=_range(0, 6))
+    augment_rotate: float = field(default=0.0, metadata=_range(0, 45))
+    # compiled: one tf.function per epoch (faster, see BENCHMARKS.md) | fit: model.fit
+    loop: Literal["compiled", "fit"] = "compiled"
     batch_size: int = field(default=128, metadata=_range(1, 60_000))
     epochs: int = field(default=30, metadata=_range(1, 10_000))
     seed: int = field(default=42, metadata=_range(0))
@@ -191,6 +196,10 @@ def _validate(p: Params) -> None:
     for i, m in enumerate(p.download.mirrors):
         if not m.strip():
             raise ParamsError(f"download.mirrors[{i}]: empty mirror")
+    if p.train.loop == "fit" and (p.train.augment_shift or p.train.augment_rotate):
+        raise ParamsError(
+            "train.loop: augmentation (augment_shift/augment_rotate) needs loop: compiled"
+        )
     if p.tracking.experiment.strip() == "":
         raise ParamsError("tracking.experiment: must not be empty")
     if p.register.model_name.strip() == "" or p.register.alias.strip() == "":

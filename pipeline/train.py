@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipeline import plots, tracking
+from pipeline import loop, plots, tracking
 from pipeline.cli import run
 from pipeline.data import PREPARED_DIR, atomic_write, file_md5, load_split, write_json
 from pipeline.errors import PipelineError
@@ -98,18 +98,31 @@ def fit(
 
     Raises TrainingDiverged when the loss stops being finite.
     """
-    one_hot = lambda y: keras.utils.to_categorical(y, 10)  # noqa: E731
-    hist = model.fit(
-        train[0],
-        one_hot(train[1]),
-        validation_data=(val[0], one_hot(val[1])),
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        shuffle=True,
-        verbose=2,
-        callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks],
-    )
-    history = pd.DataFrame(hist.history)
+    if cfg.loop == "compiled":
+        augment = loop.augmenter(cfg.augment_shift, cfg.augment_rotate, cfg.seed)
+        hist = loop.fit_compiled(
+            model,
+            train,
+            val,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            seed=cfg.seed,
+            augment=augment,
+            callbacks=callbacks,
+        )
+    else:
+        one_hot = lambda y: keras.utils.to_categorical(y, 10)  # noqa: E731
+        hist = model.fit(
+            train[0],
+            one_hot(train[1]),
+            validation_data=(val[0], one_hot(val[1])),
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            shuffle=True,
+            verbose=2,
+            callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks],
+        ).history
+    history = pd.DataFrame(hist)[["loss", "accuracy", "val_loss", "val_accuracy"]]
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
     losses = history["loss"].to_numpy()
     if len(history) == 0 or not np.isfinite(losses).all():

@@ -93,7 +93,7 @@ def test_interrupt_marks_the_run_killed_and_leaves_no_model(smoke_project, tmp_p
     while time.monotonic() < deadline:  # wait until training is under way
         line = proc.stderr.readline()
         lines.append(line)
-        if "Epoch 2/500" in line or not line:
+        if "epoch 1/500" in line or not line:
             break
     proc.send_signal(sig)
     try:

@@ -1,0 +1,84 @@
+"""The compiled epoch loop against Keras' own fit, on a small synthetic problem."""
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.loop import augmenter
+from pipeline.params import Params, parse_params
+from pipeline.train import TrainingDiverged, compile_model, fit
+
+
+def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Digits 0-9 as bright squares at 10 positions: learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n).astype(np.uint8)
+    x = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(y):
+        r, c = divmod(int(label), 5)
+        x[i, 4 + 10 * r : 12 + 10 * r, 1 + 5 * c : 6 + 5 * c] = 255
+    return x, y
+
+
+def params(**train) -> Params:
+    base = parse_params({"download": {"mirrors": ["http://127.0.0.1:1/"]}})
+    return parse_params(
+        {"download": {"mirrors": ["http://127.0.0.1:1/"]}, "train": {**vars(base.train), **train}}
+    )
+
+
+@pytest.mark.parametrize("loop", ["compiled", "fit"])
+def test_both_loops_learn_and_report_the_same_history(loop):
+    keras.utils.set_random_seed(0)
+    p = params(loop=loop, optimizer="adam", learning_rate=0.003, batch_size=32, epochs=3)
+    train, val = toy_data(640), toy_data(200, seed=1)
+    history = fit(compile_model(p, 20), train, val, p.train, [])
+    assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert history["val_accuracy"].iloc[-1] > 0.9
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+
+
+def test_compiled_loop_reports_epoch_means_that_evaluate_agrees_with():
+    keras.utils.set_random_seed(0)
+    p = params(optimizer="adam", learning_rate=0.003, batch_size=32, epochs=2)
+    train, val = toy_data(320), toy_data(100, seed=1)
+    model = compile_model(p, 10)
+    history = fit(model, train, val, p.train, [])
+    loss, acc = _evaluate(model, val)
+    assert history["val_loss"].iloc[-1] == pytest.approx(loss, rel=1e-4)
+    assert history["val_accuracy"].iloc[-1] == pytest.approx(acc)
+
+
+def _evaluate(model, val):
+    """Validation loss and accuracy computed independently of the loop."""
+    probs = model.predict(val[0], verbose=0)
+    loss = float(keras.losses.CategoricalCrossentropy()(np.eye(10)[val[1]], probs))
+    return loss, float((probs.argmax(1) == val[1]).mean())
+
+
+@pytest.mark.parametrize("loop", ["compiled", "fit"])
+def test_divergence_raises(loop):
+    keras.utils.set_random_seed(0)
+    p = params(loop=loop, learning_rate=1e4, batch_size=32, epochs=2)
+    p = Params(**{**vars(p), "model": type(p.model)(activation="relu")})
+    with pytest.raises(TrainingDiverged, match="loss is not finite at epoch 1"):
+        fit(compile_model(p, 10), toy_data(320), toy_data(64, 1), p.train, [])
+
+
+def test_augmenter_shifts_and_rotates_but_keeps_shape():
+    assert augmenter(0, 0, seed=1) is None
+    aug = augmenter(2, 10, seed=1)
+    x = toy_data(8)[0][..., None].astype("float32")
+    out = np.asarray(aug(x, training=True))
+    assert out.shape == x.shape
+    assert not np.allclose(out, x)
+    np.testing.assert_allclose(np.asarray(aug(x, training=False)), x)
+
+
+def test_fit_loop_rejects_augmentation():
+    from pipeline.params import ParamsError
+
+    with pytest.raises(ParamsError, match="train.loop: augmentation"):
+        params(loop="fit", augment_shift=2)
+    assert params(augment_shift=2).train.augment_shift == 2
