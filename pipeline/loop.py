@@ -34,6 +34,80 @@ def augmenter(shift_px: int, rotate_deg: float, seed: int) -> keras.Sequential |
     return keras.Sequential(augment) if augment else None
 
 
+class CompiledLoop:
+    """Holds the data as tensors and the traced epoch; ``run_epoch()`` trains one epoch."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        train: tuple[np.ndarray, np.ndarray],
+        val: tuple[np.ndarray, np.ndarray],
+        *,
+        batch_size: int,
+        seed: int,
+        augment: keras.Sequential | None = None,
+    ) -> None:
+        self.model = model
+        self.x = tf.constant(train[0])  # (N, 28, 28) uint8: 43 MB for all of MNIST
+        self.y = tf.constant(train[1].astype("int32"))
+        self.x_val, self.y_val = tf.constant(val[0]), tf.constant(val[1].astype("int32"))
+        self.n, self.batch_size, self.augment = len(train[0]), batch_size, augment
+        self.rng = np.random.default_rng(seed)
+        model.optimizer.build(model.trainable_variables)
+        self._train_epoch = tf.function(self._train_epoch_fn)
+        self._evaluate = tf.function(self._evaluate_fn)
+
+    def _batch(self, xb: tf.Tensor, yb: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        probs = self.model(tf.cast(xb, "float32"), training=training)  # (B, 10)
+        loss = self.model.loss(tf.one_hot(yb, 10), probs)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, 1, "int32"), yb), "float32"))
+        return loss, correct
+
+    def _train_epoch_fn(self, order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        model, b = self.model, self.batch_size
+        loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
+        for i in tf.range(-(-self.n // b)):
+            idx = order[i * b : (i + 1) * b]
+            xb, yb = tf.gather(self.x, idx), tf.gather(self.y, idx)
+            if self.augment is not None:
+                xb = self.augment(xb[..., None], training=True)[..., 0]
+            with tf.GradientTape() as tape:
+                loss, hits = self._batch(xb, yb, training=True)
+            grads = tape.gradient(loss, model.trainable_variables)
+            model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            # Weighted by batch size: the mean over samples, as fit reports it.
+            loss_sum += loss * tf.cast(tf.shape(idx)[0], "float32")
+            correct += hits
+        return loss_sum / self.n, correct / self.n
+
+    def _evaluate_fn(self, xs: tf.Tensor, ys: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
+        m = tf.shape(ys)[0]
+        for i in tf.range(0, m, 1024):
+            xb, yb = xs[i : i + 1024], ys[i : i + 1024]
+            loss, hits = self._batch(xb, yb, training=False)
+            loss_sum += loss * tf.cast(tf.shape(yb)[0], "float32")
+            correct += hits
+        size = tf.cast(m, "float32")
+        return loss_sum / size, correct / size
+
+    def run_epoch(self) -> dict[str, float]:
+        """One pass over the training data in a fresh seeded order; then validation."""
+        order = tf.constant(self.rng.permutation(self.n).astype("int32"))
+        loss, acc = self._train_epoch(order)
+        val_loss, val_acc = self._evaluate(self.x_val, self.y_val)
+        return {
+            "loss": float(loss),
+            "accuracy": float(acc),
+            "val_loss": float(val_loss),
+            "val_accuracy": float(val_acc),
+        }
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        loss, acc = self._evaluate(tf.constant(x), tf.constant(y.astype("int32")))
+        return {"loss": float(loss), "accuracy": float(acc)}
+
+
 def fit_compiled(
     model: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
@@ -50,70 +124,15 @@ def fit_compiled(
     Stops after the first epoch whose loss is not finite (the caller decides what that
     means), like ``keras.callbacks.TerminateOnNaN``.
     """
-    x = tf.constant(train[0])  # (N, 28, 28) uint8: 43 MB for all of MNIST
-    y = tf.constant(train[1].astype("int32"))
-    x_val, y_val = tf.constant(val[0]), tf.constant(val[1].astype("int32"))
-    n = len(train[0])
-    steps = -(-n // batch_size)
-    loss_fn, optimizer = model.loss, model.optimizer
-    optimizer.build(model.trainable_variables)
-
-    def batch_loss(xb: tf.Tensor, yb: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        probs = model(tf.cast(xb, "float32"), training=training)  # (B, 10)
-        loss = loss_fn(tf.one_hot(yb, 10), probs)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, 1, "int32"), yb), "float32"))
-        return loss, correct
-
-    @tf.function
-    def train_epoch(order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
-        for i in tf.range(steps):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
-            if augment is not None:
-                xb = augment(xb[..., None], training=True)[..., 0]
-            with tf.GradientTape() as tape:
-                loss, hits = batch_loss(xb, yb, training=True)
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            # Weighted by batch size: the mean over samples, as fit reports it.
-            loss_sum += loss * tf.cast(tf.shape(idx)[0], "float32")
-            correct += hits
-        return loss_sum / n, correct / n
-
-    @tf.function
-    def evaluate(xs: tf.Tensor, ys: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
-        m = tf.shape(ys)[0]
-        for i in tf.range(0, m, 1024):
-            xb, yb = xs[i : i + 1024], ys[i : i + 1024]
-            loss, hits = batch_loss(xb, yb, training=False)
-            loss_sum += loss * tf.cast(tf.shape(yb)[0], "float32")
-            correct += hits
-        size = tf.cast(m, "float32")
-        return loss_sum / size, correct / size
-
+    loop = CompiledLoop(model, train, val, batch_size=batch_size, seed=seed, augment=augment)
     for cb in callbacks:
         cb.set_model(model)
-    history: dict[str, list[float]] = {
-        "loss": [],
-        "accuracy": [],
-        "val_loss": [],
-        "val_accuracy": [],
-    }
-    rng = np.random.default_rng(seed)
+    history: dict[str, list[float]] = {}
     for epoch in range(epochs):
         start = time.perf_counter()
-        loss, acc = train_epoch(tf.constant(rng.permutation(n).astype("int32")))
-        val_loss, val_acc = evaluate(x_val, y_val)
-        logs = {
-            "loss": float(loss),
-            "accuracy": float(acc),
-            "val_loss": float(val_loss),
-            "val_accuracy": float(val_acc),
-        }
+        logs = loop.run_epoch()
         for key, value in logs.items():
-            history[key].append(value)
+            history.setdefault(key, []).append(value)
         log.info(
             "epoch %d/%d - %.1fs - %s",
             epoch + 1,

@@ -8,12 +8,14 @@ one store. ``MLFLOW_TRACKING_URI`` overrides it (e.g. a shared ``mlflow server``
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
 import re
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -64,9 +66,14 @@ def redact(uri: str) -> str:
 
 def _check_server(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast (one line, naming the URI) when an HTTP tracking server does not answer."""
-    url = uri.rstrip("/") + "/health"
+    parts = urllib.parse.urlsplit(uri)
+    url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/")
+    request = urllib.request.Request(url + "/health")
+    if parts.username is not None:  # http://user:pw@host: basic auth, as MLflow's client does
+        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             resp.read(64)
     except urllib.error.HTTPError as e:
         raise TrackingError(f"tracking server {redact(uri)} answered HTTP {e.code}") from None
@@ -81,6 +88,13 @@ def connect(experiment: str) -> str:
 
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
+        # MLflow retries a failed request 7 times with growing waits (minutes in all); a
+        # server that went away should fail the stage in seconds. Users may still override.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        if redact(uri) != uri:  # MLflow prints "View run at <uri>…", credentials and all
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         _check_server(uri)
     mlflow.set_tracking_uri(uri)
     try:
@@ -99,7 +113,8 @@ def connect(experiment: str) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    """The gist of an MLflow error, on one line and without credentials."""
+    return redact((str(e).strip().splitlines() or [type(e).__name__])[0])[:300]
 
 
 def git_tags(cwd: Path | None = None) -> dict[str, str]:
@@ -164,6 +179,8 @@ def active_run(
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except mlflow.exceptions.MlflowException as e:  # e.g. the server went away mid-run
+        raise TrackingError(f"MLflow run {run.info.run_id}: {_first_line(e)}") from None
     finally:
         try:
             mlflow.end_run(status=status)
@@ -285,7 +302,16 @@ def finished_runs(experiment_id: str) -> pd.DataFrame:
         filter_string="attributes.status = 'FINISHED' and metrics.test_accuracy >= 0",
         order_by=["attributes.start_time DESC"],
     )
-    for column in ("metrics.test_loss", f"tags.{MODEL_URI_TAG}"):
+    # An empty result has no columns at all; later code may rely on these.
+    for column in (
+        "run_id",
+        "status",
+        "start_time",
+        "end_time",
+        "metrics.test_accuracy",
+        "metrics.test_loss",
+        f"tags.{MODEL_URI_TAG}",
+    ):
         if column not in df:
             df[column] = None
     return df

@@ -32,6 +32,8 @@ def stage_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PYTHONPATH", None)
+    # Tests never reach for the public mirrors, even when a stage reruns unexpectedly.
+    env["MNIST_MIRROR"] = str(SHARED_MNIST)
     env.update(extra)
     return env
 

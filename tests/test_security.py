@@ -1,0 +1,90 @@
+"""Security rules from RELIABILITY.md that the source itself must keep."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.download import resolve_mirrors
+from pipeline.errors import DownloadError
+from pipeline.tracking import redact
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted((ROOT / "pipeline").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
+
+
+def calls(name: str):
+    """Every call of ``<anything>.name(...)`` or ``name(...)`` in the project's code."""
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                fn = node.func
+                called = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", None)
+                if called == name:
+                    yield path, node
+
+
+def keyword(node: ast.Call, name: str):
+    return next((k.value for k in node.keywords if k.arg == name), None)
+
+
+def test_numpy_never_loads_pickles():
+    loads = [(p, n) for p, n in calls("load") if "np" in ast.unparse(n.func)]
+    assert loads, "expected np.load calls to check"
+    for path, node in loads:
+        value = keyword(node, "allow_pickle")
+        assert isinstance(value, ast.Constant) and value.value is False, (
+            f"{path.name}:{node.lineno}: np.load without allow_pickle=False"
+        )
+
+
+def test_keras_models_load_in_safe_mode():
+    loads = list(calls("load_model"))
+    keras_loads = [(p, n) for p, n in loads if "keras" in ast.unparse(n.func)]
+    assert keras_loads
+    for path, node in keras_loads:
+        value = keyword(node, "safe_mode")
+        assert isinstance(value, ast.Constant) and value.value is True, (
+            f"{path.name}:{node.lineno}: keras load_model without safe_mode=True"
+        )
+
+
+def code_lines(doc: Path) -> list[str]:
+    """Lines inside fenced code blocks: the commands a reader copies."""
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", doc.read_text(), flags=re.S)
+    return [line for block in blocks for line in block.splitlines()]
+
+
+def test_documented_servers_bind_to_loopback():
+    commands = [
+        line
+        for doc in ROOT.glob("*.md")
+        for line in code_lines(doc)
+        if re.search(r"mlflow (server|ui|models serve)|http\.server", line)
+    ]
+    assert commands
+    for line in commands:
+        assert "--host 127.0.0.1" in line or "--bind 127.0.0.1" in line, line
+
+
+def test_servers_started_by_tests_bind_to_loopback():
+    for path in (ROOT / "tests").glob("*.py"):
+        if path.name == "test_security.py":
+            continue
+        text = path.read_text()
+        for match in re.finditer(r'"--host", "([^"]+)"', text):
+            assert match.group(1) == "127.0.0.1", f"{path.name}: --host {match.group(1)}"
+        assert "0.0.0.0" not in text, path.name
+
+
+@pytest.mark.parametrize("mirror", ["ftp://host/mnist/", "s3://bucket/mnist/", "scp://h/x"])
+def test_downloads_only_over_http_or_from_directories(mirror):
+    with pytest.raises(DownloadError, match="unsupported"):
+        resolve_mirrors([mirror], env={})
+
+
+def test_credentials_are_redacted():
+    assert redact("http://alice:pw@host:5000/x") == "http://***@host:5000/x"
+    assert redact("https://token@host") == "https://***@host"
+    assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
