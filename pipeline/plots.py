@@ -26,15 +26,23 @@ def save(fig: Figure, path: Path) -> None:
 
 
 def digit_grid(images: np.ndarray, titles: list[str], cols: int = 10) -> Figure:
-    """A grid of 28×28 digits with a title each."""
+    """A grid of 28×28 digits with a title each.
+
+    One mosaic image on one Axes: a hundred separate subplots cost matplotlib seconds.
+    """
     rows = max(1, -(-len(images) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 1.05), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img, title in zip(axes.flat, images, titles, strict=False):
-        ax.imshow(img, cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(title, fontsize=7)
-    fig.tight_layout()
+    cell_h, cell = 40, 32  # 28 px digit + room for its title above
+    mosaic = np.zeros((rows * cell_h, cols * cell), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        mosaic[r * cell_h + 10 : r * cell_h + 38, c * cell + 2 : c * cell + 30] = img
+    fig, ax = plt.subplots(figsize=(cols * 0.9, rows * 1.1))
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+    for i, title in enumerate(titles[: len(images)]):
+        r, c = divmod(i, cols)
+        ax.text(c * cell + cell / 2, r * cell_h + 6, title, ha="center", va="center", fontsize=7)
+    ax.axis("off")
+    fig.tight_layout(pad=0.2)
     return fig
 
 
