@@ -54,19 +54,26 @@ def test_repro_registers_the_run_as_champion_with_lineage(smoke_project):
     )
 
 
+def champion_model_uri(client) -> str:
+    run_id = client.get_model_version_by_alias(NAME, "champion").run_id
+    return client.get_run(run_id).data.tags["model.uri"]
+
+
 def test_register_is_idempotent_and_ignores_incomplete_runs(smoke_project, tmp_path):
     project = clone_of(smoke_project, tmp_path)
     client = mlflow_client(project)
     before = _versions(client)
     champion = client.get_model_version_by_alias(NAME, "champion").version
     exp = client.get_experiment_by_name(NAME).experiment_id
-    # A dangling run (SIGKILLed mid-evaluate) and a finished run without a model, both
-    # "better" than anything real: neither may be registered.
+    # A dangling run (SIGKILLed mid-evaluate), a finished run without a model (both
+    # "better" than anything real) and one with a model but no metrics: none may count.
     dangling = client.create_run(exp)
     client.log_metric(dangling.info.run_id, "test_accuracy", 0.9999)
     no_model = client.create_run(exp)
     client.log_metric(no_model.info.run_id, "test_accuracy", 0.9998)
     client.set_terminated(no_model.info.run_id, "FINISHED")
+    no_metrics = client.create_run(exp, tags={"model.uri": champion_model_uri(client)})
+    client.set_terminated(no_metrics.info.run_id, "FINISHED")
     _register(project)
     _register(project)
     assert _versions(client) == before
