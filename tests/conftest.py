@@ -181,3 +181,58 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.log.close()
+
+
+def tracking_server(workdir: Path, port: int | None = None) -> Server:
+    """A real `mlflow server` on 127.0.0.1 (SQLite store and proxied artifacts in
+    ``workdir``); the same ``workdir`` and ``port`` restart the same server."""
+    port = port or free_port()
+    uri = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'server.db'}",
+        "--artifacts-destination",
+        str(workdir / "server-artifacts"),
+    ]
+    server = Server(cmd, workdir, stage_env(), f"{uri}/health")
+    server.uri, server.port = uri, port
+    return server
+
+
+def newest_run(project: Path):
+    """The most recently started run of the project's experiment."""
+    client = mlflow_client(project)
+    exp = client.get_experiment_by_name("lenet5-mnist").experiment_id
+    return client.search_runs(exp, order_by=["start_time DESC"], max_results=1)[0]
+
+
+def start_training(project: Path, env: dict[str, str], until: str = "epoch 1/"):
+    """Start the train stage in the background; return once its log shows ``until``."""
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train"],
+        cwd=project,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if until in line or not line:
+            break
+    assert proc.poll() is None, "".join(seen)
+    return proc, seen

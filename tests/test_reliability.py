@@ -3,7 +3,6 @@
 import json
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -11,36 +10,16 @@ import time
 import pytest
 
 from tests.conftest import (
-    Server,
     clone_of,
-    free_port,
     mlflow_client,
     run,
     set_params,
     stage_env,
+    start_training,
+    tracking_server,
 )
 
 pytestmark = pytest.mark.slow
-
-
-def start_training(project, env, until: str = "epoch 1/"):
-    """Start the train stage; return once its log shows ``until``."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train"],
-        cwd=project,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    seen = []
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        seen.append(line)
-        if until in line or not line:
-            break
-    assert proc.poll() is None, "".join(seen)
-    return proc, seen
 
 
 def test_sigkill_mid_epoch_leaves_no_model_and_no_champion(smoke_project, tmp_path):
@@ -73,31 +52,14 @@ def test_tracking_server_dying_mid_run_fails_the_stage_and_registers_nothing(
     smoke_project, tmp_path
 ):
     project = clone_of(smoke_project, tmp_path / "project")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    db = tmp_path / "server.db"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{db}",
-        "--artifacts-destination",
-        str(tmp_path / "artifacts"),
-    ]
+    server = tracking_server(tmp_path)
+    uri, port = server.uri, server.port
     (project / "data/train/model.keras").unlink()
     set_params(project, train__epochs=500)
     env = stage_env(MLFLOW_TRACKING_URI=uri)
-    with Server(cmd, tmp_path, stage_env(), f"{uri}/health") as server:
+    with server as process:
         proc, seen = start_training(project, env, until="epoch 2/")
-        server.terminate()  # the server goes away in the middle of training
+        process.terminate()  # the server goes away in the middle of training
     start = time.monotonic()
     _, rest = proc.communicate(timeout=300)
     assert proc.returncode == 1, rest
@@ -107,7 +69,7 @@ def test_tracking_server_dying_mid_run_fails_the_stage_and_registers_nothing(
     assert "Traceback" not in rest
     assert not (project / "data/train/model.keras").exists()
     # Back up: the run is not finished, and register finds nothing to register from it.
-    with Server(cmd, tmp_path, stage_env(), f"{uri}/health"):
+    with tracking_server(tmp_path, port):
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=uri)
@@ -146,25 +108,10 @@ def test_credentials_in_the_tracking_uri_never_reach_logs_params_or_tags(
     smoke_project, mnist_dir, tmp_path
 ):
     project = clone_of(smoke_project, tmp_path / "project")
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "artifacts"),
-    ]
+    server = tracking_server(tmp_path)
+    port = server.port
     uri = f"http://alice:s3cr3t-token@127.0.0.1:{port}"
-    with Server(cmd, tmp_path, stage_env(), f"http://127.0.0.1:{port}/health"):
+    with server:
         proc = run(
             ["dvc", "repro", "--force", "train", "evaluate", "register"],
             project,

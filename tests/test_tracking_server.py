@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import Server, clone_of, free_port, run, stage_env
+from tests.conftest import clone_of, free_port, run, stage_env, tracking_server
 
 pytestmark = pytest.mark.slow
 
@@ -14,25 +14,9 @@ def test_pipeline_logs_registers_and_sets_alias_over_http(smoke_project, mnist_d
     import mlflow
 
     project = clone_of(smoke_project, tmp_path / "project")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "server-artifacts"),
-    ]
-    with Server(server, tmp_path, stage_env(), f"{uri}/health"):
+    server = tracking_server(tmp_path)
+    uri = server.uri
+    with server:
         env = stage_env(MLFLOW_TRACKING_URI=uri, MNIST_MIRROR=str(mnist_dir))
         run(["dvc", "repro", "--force"], project, env)
         run_id = json.loads((project / "data/train/run.json").read_text())["run_id"]

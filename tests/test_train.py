@@ -3,7 +3,6 @@
 import json
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -12,7 +11,15 @@ import pytest
 
 from pipeline.params import TrainParams
 from pipeline.train import learning_rate, make_optimizer
-from tests.conftest import clone_of, mlflow_client, run, set_params, stage_env
+from tests.conftest import (
+    clone_of,
+    mlflow_client,
+    newest_run,
+    run,
+    set_params,
+    stage_env,
+    start_training,
+)
 
 
 def test_schedules_and_optimizers_come_from_params():
@@ -66,13 +73,7 @@ def test_nan_loss_fails_the_stage_and_the_run(smoke_project, tmp_path):
     assert proc.returncode == 1
     assert "training diverged: loss is not finite at epoch 1" in proc.stderr
     assert not (project / "data/train/model.keras").exists()
-    client = mlflow_client(project)
-    newest = client.search_runs(
-        client.get_experiment_by_name("lenet5-mnist").experiment_id,
-        order_by=["start_time DESC"],
-        max_results=1,
-    )[0]
-    assert newest.info.status == "FAILED"
+    assert newest_run(project).info.status == "FAILED"
 
 
 @pytest.mark.slow
@@ -81,20 +82,7 @@ def test_interrupt_marks_the_run_killed_and_leaves_no_model(smoke_project, tmp_p
     project = clone_of(smoke_project, tmp_path)
     (project / "data/train/model.keras").unlink()
     set_params(project, train__epochs=500)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train"],
-        cwd=project,
-        env=stage_env(),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until training is under way
-        line = proc.stderr.readline()
-        lines.append(line)
-        if "epoch 1/500" in line or not line:
-            break
+    proc, lines = start_training(project, stage_env())
     proc.send_signal(sig)
     try:
         _, rest = proc.communicate(timeout=60)
@@ -103,12 +91,7 @@ def test_interrupt_marks_the_run_killed_and_leaves_no_model(smoke_project, tmp_p
     assert proc.returncode == 130, "".join(lines) + rest
     assert not (project / "data/train/model.keras").exists()
     assert not [p for p in (project / "data/train").iterdir() if p.name.startswith(".")]
-    client = mlflow_client(project)
-    newest = client.search_runs(
-        client.get_experiment_by_name("lenet5-mnist").experiment_id,
-        order_by=["start_time DESC"],
-        max_results=1,
-    )[0]
+    newest = newest_run(project)
     assert newest.info.status == "KILLED"
     assert json.loads((project / "data/train/run.json").read_text())["run_id"] != (
         newest.info.run_id
