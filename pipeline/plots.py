@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pipeline.data import atomic_write  # noqa: E402
 
@@ -59,6 +60,7 @@ def learning_curves(history: pd.DataFrame) -> Figure:
         ax.plot(history["epoch"], history[metric], marker=".", label="train")
         ax.plot(history["epoch"], history[f"val_{metric}"], marker=".", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
