@@ -155,6 +155,18 @@ def dvc_tags(env: Mapping[str, str] = os.environ) -> dict[str, str]:
     return tags
 
 
+def run_name(env: Mapping[str, str] = os.environ) -> str:
+    """The DVC experiment's name, else ``workspace-<UTC time>``.
+
+    Named here, not by MLflow: its random names come from Python's ``random``, which the
+    train stage seeds, so every workspace run would get the same "random" name.
+    """
+    import datetime
+
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    return env.get("DVC_EXP_NAME") or f"workspace-{stamp}"
+
+
 @contextlib.contextmanager
 def active_run(
     run_id: str | None = None,

@@ -151,7 +151,7 @@ def main() -> None:
 
     with tracking.active_run(
         experiment_id=experiment_id,
-        run_name=tracking.dvc_tags().get("dvc.exp_name"),
+        run_name=tracking.run_name(),
         tags={**tracking.git_tags(), **tracking.dvc_tags(), **data_hashes, "device": _device()},
     ) as run_id:
         tracking.log_params(params.flat())

@@ -61,6 +61,9 @@ def test_same_seed_gives_identical_metrics(smoke_project, tmp_path):
     )
     a, b = runs[0], runs[-1]
     assert a.info.run_id != b.info.run_id
+    # Seeding Python's random must not give every workspace run the same "random" name.
+    assert a.info.run_name != b.info.run_name
+    assert b.info.run_name.startswith("workspace-")
     assert a.data.metrics["val_loss"] == b.data.metrics["val_loss"]
 
 

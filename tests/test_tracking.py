@@ -1,0 +1,31 @@
+"""Where runs go: the default store resolves to the main workspace, also from DVC's copies."""
+
+from pathlib import Path
+
+from pipeline.tracking import dvc_tags, project_root, run_name, tracking_uri
+
+
+def test_project_root_of_a_dvc_temp_copy_is_the_main_workspace(tmp_path):
+    assert project_root(tmp_path) == tmp_path.resolve()
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12cd" / "sub"
+    assert project_root(copy) == tmp_path.resolve()
+
+
+def test_default_uri_is_sqlite_at_the_root_and_env_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = tracking_uri(env={})
+    assert uri.startswith(f"sqlite:///{Path(tmp_path).resolve() / 'mlflow.db'}")
+    assert "timeout=" in uri  # wait for a concurrent writer instead of "database is locked"
+    assert tracking_uri(env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}) == (
+        "http://127.0.0.1:5000"
+    )
+
+
+def test_run_names_and_dvc_tags():
+    assert run_name({"DVC_EXP_NAME": "adam-lr3"}) == "adam-lr3"
+    assert run_name({}).startswith("workspace-")
+    assert dvc_tags({"DVC_EXP_NAME": "x", "DVC_EXP_BASELINE_REV": "abc"}) == {
+        "dvc.exp_name": "x",
+        "dvc.baseline_rev": "abc",
+    }
+    assert dvc_tags({}) == {}
