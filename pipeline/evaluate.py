@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from pipeline import metrics, plots, tracking
 from pipeline.cli import run
@@ -37,7 +38,7 @@ def evaluate(probs: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], np.nda
     return scores, metrics.confusion(y, pred)
 
 
-def misclassified(x: np.ndarray, y: np.ndarray, probs: np.ndarray, n: int):
+def misclassified(x: np.ndarray, y: np.ndarray, probs: np.ndarray, n: int) -> Figure:
     """Grid of the ``n`` most confident mistakes, titled 'true→predicted (p)'."""
     pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(pred != y)

@@ -10,14 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from pipeline import tracking
 from pipeline.cli import run
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
 
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion
 
-def lineage(version, run_obj) -> dict:  # (ModelVersion, Run) -> dict
+
+def lineage(version: ModelVersion, run_obj: Run) -> dict:
     """The facts a reviewer needs to reproduce a registered model."""
     tags = run_obj.data.tags
     return {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -19,6 +20,9 @@ from pipeline.cli import run
 from pipeline.data import write_json
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ def score(metrics: dict[str, float]) -> tuple[float, float]:
     return (metrics.get("test_accuracy", -1.0), -loss if loss is not None else float("-inf"))
 
 
-def lineage_tags(run) -> dict[str, str]:  # (mlflow.entities.Run)
+def lineage_tags(run: Run) -> dict[str, str]:
     """What trained this model: run id, git commit, data hashes, params (as JSON)."""
     tags = {k: v for k, v in run.data.tags.items() if k.startswith(("git.", "data.", "dvc."))}
     return {

@@ -19,9 +19,16 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:  # imported lazily at run time: MLflow and Keras take seconds to import
+    import keras
+    import numpy as np
+    from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.pyfunc import PyFuncModel
 
 from pipeline.errors import TrackingError
 
@@ -234,7 +241,7 @@ def log_text(text: str, artifact_file: str) -> None:
     mlflow.log_text(text, artifact_file)
 
 
-def epoch_logger():  # -> keras.callbacks.Callback
+def epoch_logger() -> keras.callbacks.Callback:
     """A Keras callback logging every epoch's metrics (and the learning rate), step = epoch."""
     import keras
     import mlflow
@@ -253,7 +260,7 @@ def _pip_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("mlflow", "keras", "tensorflow", "numpy")]
 
 
-def log_model(model, input_example) -> str:  # (keras.Model, np.ndarray) -> model URI
+def log_model(model: keras.Model, input_example: np.ndarray) -> str:
     """Log the model in MLflow's Keras flavour with a signature and an input example.
 
     ``mlflow.keras.log_model(..., input_example=...)`` fails in MLflow 3.17 with
@@ -285,7 +292,7 @@ def log_model(model, input_example) -> str:  # (keras.Model, np.ndarray) -> mode
     return info.model_uri
 
 
-def load_pyfunc(model_uri: str):  # -> mlflow.pyfunc.PyFuncModel
+def load_pyfunc(model_uri: str) -> PyFuncModel:
     """Load a logged or registered model (``models:/name@alias``, ``runs:/...``) for predict.
 
     A missing registered model, alias or artifact becomes one line naming the URI.
@@ -342,7 +349,7 @@ def _client():
     return mlflow.MlflowClient()
 
 
-def version_of_run(name: str, run_id: str):  # -> ModelVersion | None
+def version_of_run(name: str, run_id: str) -> ModelVersion | None:
     """The registered version already made from ``run_id``, if any."""
     import mlflow
 
@@ -353,7 +360,7 @@ def version_of_run(name: str, run_id: str):  # -> ModelVersion | None
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
-def register(model_uri: str, name: str, tags: Mapping[str, str]):  # -> ModelVersion
+def register(model_uri: str, name: str, tags: Mapping[str, str]) -> ModelVersion:
     """Create a new version of ``name`` from a logged model, tagged with its lineage."""
     import mlflow
 
@@ -363,7 +370,7 @@ def register(model_uri: str, name: str, tags: Mapping[str, str]):  # -> ModelVer
         raise TrackingError(f"cannot register {model_uri} as {name}: {_first_line(e)}") from None
 
 
-def alias_target(name: str, alias: str):  # -> ModelVersion | None
+def alias_target(name: str, alias: str) -> ModelVersion | None:
     """The version ``name@alias`` points at; None if the model, alias or version is gone."""
     import mlflow
 
@@ -374,7 +381,7 @@ def alias_target(name: str, alias: str):  # -> ModelVersion | None
         return None
 
 
-def model_version(name: str, version: str):  # -> ModelVersion | None
+def model_version(name: str, version: str) -> ModelVersion | None:
     import mlflow
 
     try:
@@ -387,7 +394,7 @@ def set_alias(name: str, alias: str, version: str) -> None:
     _client().set_registered_model_alias(name, alias, version)
 
 
-def get_run(run_id: str):  # -> mlflow.entities.Run | None
+def get_run(run_id: str) -> Run | None:
     import mlflow
 
     try:
