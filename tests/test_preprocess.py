@@ -52,20 +52,25 @@ def test_bad_idx_is_rejected(tmp_path, override, message):
         read_mnist(tmp_path)
 
 
+def run_stage(cwd) -> subprocess.CompletedProcess:
+    """`python -m pipeline.preprocess` in ``cwd``, with this checkout's code."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.preprocess"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
 def test_stage_fails_with_one_line_and_writes_nothing(tmp_path):
     """`python -m pipeline.preprocess` on a bad label file: exit 1, one error line, no arrays."""
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     write_mnist_like(
         tmp_path / "data/raw", train_labels_idx1_ubyte=idx_bytes(np.full(300, 11, np.uint8))
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.preprocess"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = run_stage(tmp_path)
     assert proc.returncode == 1
     errors = [ln for ln in proc.stderr.splitlines() if " ERROR " in ln]
     assert len(errors) == 1 and "label 11 outside 0–9" in errors[0]
@@ -78,14 +83,7 @@ def test_stage_writes_arrays_summary_and_samples(tmp_path):
         (ROOT / "params.yaml").read_text().replace("val_size: 5000", "val_size: 30")
     )
     write_mnist_like(tmp_path / "data/raw")
-    subprocess.run(
-        [sys.executable, "-m", "pipeline.preprocess"],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    assert run_stage(tmp_path).returncode == 0
     out = tmp_path / "data/prepared"
     with np.load(out / "val.npz", allow_pickle=False) as z:
         assert z["x"].shape == (30, 28, 28) and z["x"].dtype == np.uint8
