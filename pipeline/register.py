@@ -93,8 +93,7 @@ def main() -> None:
             current.version,
             version.version,
         )
-        version = current
-    champion_run = tracking.get_run(version.run_id)
+        version, run_obj = current, current_run
     write_json(
         OUT_FILE,
         {
@@ -102,7 +101,7 @@ def main() -> None:
             "alias": alias,
             "version": int(version.version),
             "run_id": version.run_id,
-            "test_accuracy": champion_run.data.metrics.get("test_accuracy"),
+            "test_accuracy": run_obj.data.metrics.get("test_accuracy"),
         },
     )
 

@@ -223,12 +223,6 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-def set_tags(tags: Mapping[str, str]) -> None:
-    import mlflow
-
-    mlflow.set_tags(dict(tags))
-
-
 def log_artifact(path: Path, artifact_dir: str | None = None) -> None:
     import mlflow
 
@@ -242,13 +236,12 @@ def log_text(text: str, artifact_file: str) -> None:
 
 
 def epoch_logger() -> keras.callbacks.Callback:
-    """A Keras callback logging every epoch's metrics (and the learning rate), step = epoch."""
+    """A Keras callback logging every epoch's metrics to the active run, step = epoch."""
     import keras
-    import mlflow
 
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1)
+            log_metrics(logs or {}, step=epoch + 1)
 
     return EpochLogger()
 
@@ -308,20 +301,16 @@ def load_pyfunc(model_uri: str) -> PyFuncModel:
 # --- Model registry -------------------------------------------------------------------
 
 
-def finished_runs(experiment_id: str) -> pd.DataFrame:
-    """Runs that completed train *and* evaluate, newest first, as ``mlflow.search_runs`` rows.
-
-    RUNNING (perhaps killed with SIGKILL), FAILED and KILLED runs are left out, and so are
-    runs that never got a test_accuracy or a logged model.
-    """
+def _search_runs(experiment_id: str, filter_string: str = "") -> pd.DataFrame:
+    """``mlflow.search_runs`` newest first, with the columns later code relies on even when
+    nothing matched (an empty result has no columns at all)."""
     import mlflow
 
     df = mlflow.search_runs(
         experiment_ids=[experiment_id],
-        filter_string="attributes.status = 'FINISHED' and metrics.test_accuracy >= 0",
+        filter_string=filter_string,
         order_by=["attributes.start_time DESC"],
     )
-    # An empty result has no columns at all; later code may rely on these.
     for column in (
         "run_id",
         "status",
@@ -336,11 +325,19 @@ def finished_runs(experiment_id: str) -> pd.DataFrame:
     return df
 
 
-def all_runs(experiment_id: str) -> pd.DataFrame:
-    """Every run of the experiment, whatever its status, newest first."""
-    import mlflow
+def finished_runs(experiment_id: str) -> pd.DataFrame:
+    """Runs that completed train *and* evaluate (FINISHED, with a test_accuracy).
 
-    return mlflow.search_runs([experiment_id], order_by=["attributes.start_time DESC"])
+    RUNNING (perhaps killed with SIGKILL), FAILED and KILLED runs are left out.
+    """
+    return _search_runs(
+        experiment_id, "attributes.status = 'FINISHED' and metrics.test_accuracy >= 0"
+    )
+
+
+def all_runs(experiment_id: str) -> pd.DataFrame:
+    """Every run of the experiment, whatever its status."""
+    return _search_runs(experiment_id)
 
 
 def _client():
