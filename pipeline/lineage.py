@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params()
     name, alias = params.register.model_name, params.register.alias
-    tracking.connect(params.tracking.experiment)
+    tracking.use_store()  # reads only: creates no experiment
     version = (
         tracking.model_version(name, args.version)
         if args.version

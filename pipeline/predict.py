@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params()
     model_uri = args.model_uri or f"models:/{params.register.model_name}@{params.register.alias}"
     images = imaging.prepare(args.images)  # every file decoded before MLflow is touched
-    tracking.connect(params.tracking.experiment)
+    tracking.use_store()  # reads only: creates no experiment
     # Stdout carries only the results: Keras' progress bar (the pyfunc predicts with
     # verbose="auto") and anything else the flavour prints goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):

@@ -89,8 +89,8 @@ def _check_server(uri: str, timeout_s: float = 5.0) -> None:
         raise TrackingError(f"tracking server {redact(uri)} is unreachable: {reason}") from None
 
 
-def connect(experiment: str) -> str:
-    """Point MLflow at the store, check it answers, and return the experiment's id."""
+def use_store() -> str:
+    """Point MLflow at the store (checking that a server answers); return its URI."""
     import mlflow
 
     uri = tracking_uri()
@@ -104,6 +104,14 @@ def connect(experiment: str) -> str:
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         _check_server(uri)
     mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def connect(experiment: str) -> str:
+    """:func:`use_store`, then the experiment's id (created if it does not exist yet)."""
+    import mlflow
+
+    uri = use_store()
     try:
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
