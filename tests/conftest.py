@@ -27,6 +27,29 @@ def mnist_dir() -> Path:
     return SHARED_MNIST
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server on a free port for the whole session (see
+    tests/postgres.py); tests take their own database with ``create_database``.
+
+    Skips with one line where PostgreSQL is not installed, except under CI=true.
+    """
+    from tests import postgres as pg
+
+    bin_dir = pg.bindir()
+    if bin_dir is None or not (bin_dir / "initdb").exists():
+        reason = "PostgreSQL server binaries (initdb, pg_ctl) not found; set PG_BINDIR"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (required in CI)")
+        pytest.skip(reason)
+    server = pg.PostgresServer(free_port(), bin_dir).init()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
 def stage_env(**extra: str) -> dict[str, str]:
     """Environment for `dvc`/stage subprocesses: this venv first on PATH, no outside store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
