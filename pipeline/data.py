@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError
+from pipeline.layout import PREPARED_DIR
 
-PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val", "test")
 
 _IDX_UBYTE = 0x08  # the only element type MNIST uses
@@ -110,10 +110,17 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; others may read outputs
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_split(path: Path, x: np.ndarray, y: np.ndarray) -> None:

@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from pipeline import layout
 from pipeline.cli import run
 from pipeline.errors import DataError, DownloadError
 from pipeline.params import load_params
@@ -53,7 +54,7 @@ MNIST_FILES: dict[str, str] = {
         "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
     ),
 }
-OUT_DIR = Path("data/raw")
+OUT_DIR = layout.RAW_DIR
 CHUNK = 1 << 16
 USER_AGENT = "lenet5-mnist-mlops/0.1 (python-urllib)"
 

@@ -18,14 +18,23 @@ from matplotlib.figure import Figure
 
 from pipeline import metrics, plots, tracking
 from pipeline.cli import run
-from pipeline.data import atomic_write, load_split, write_json
+from pipeline.data import atomic_write, file_md5, load_split, write_json
 from pipeline.errors import DataError
+from pipeline.layout import (
+    CONFUSION_FILE,
+    EVAL_METRICS_FILE,
+    MISCLASSIFIED_FILE,
+    MODEL_FILE,
+    PER_CLASS_FILE,
+    PREDICTIONS_FILE,
+    PREPARED_DIR,
+    RUN_FILE,
+)
 from pipeline.params import load_params
-from pipeline.train import MODEL_FILE, RUN_FILE
 
 log = logging.getLogger(__name__)
 
-OUT_DIR = Path("data/eval")
+TEST_FILE = PREPARED_DIR / "test.npz"
 
 
 def evaluate(probs: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
@@ -65,17 +74,17 @@ def main() -> None:
     table = metrics.per_class(cm)
 
     with tracking.active_run(run_id):
-        write_json(OUT_DIR / "metrics.json", scores)
-        atomic_write(OUT_DIR / "per_class.csv", lambda t: table.to_csv(t, index=False))
-        atomic_write(
-            OUT_DIR / "predictions.csv", lambda t: _predictions(y, probs).to_csv(t, index=False)
+        test_set = tracking.log_dataset(
+            x, y, name="mnist-test", source=TEST_FILE, digest=file_md5(TEST_FILE), context="test"
         )
-        plots.save(plots.confusion_matrix(cm), OUT_DIR / "confusion.png")
+        write_json(EVAL_METRICS_FILE, scores)
+        atomic_write(PER_CLASS_FILE, lambda t: table.to_csv(t, index=False))
+        atomic_write(PREDICTIONS_FILE, lambda t: _predictions(y, probs).to_csv(t, index=False))
+        plots.save(plots.confusion_matrix(cm), CONFUSION_FILE)
         plots.save(
-            misclassified(x, y, probs, params.evaluate.misclassified_shown),
-            OUT_DIR / "misclassified.png",
+            misclassified(x, y, probs, params.evaluate.misclassified_shown), MISCLASSIFIED_FILE
         )
-        tracking.log_metrics(scores)
+        tracking.log_model_metrics(scores, dataset=test_set)  # the Models view ranks by them
         tracking.log_metrics(
             {
                 f"{m}_{int(r.digit)}": getattr(r, m)
@@ -83,8 +92,8 @@ def main() -> None:
                 for m in ("precision", "recall", "f1")
             }
         )
-        for name in ("per_class.csv", "confusion.png", "misclassified.png"):
-            tracking.log_artifact(OUT_DIR / name, "evaluation")
+        for path in (PER_CLASS_FILE, CONFUSION_FILE, MISCLASSIFIED_FILE):
+            tracking.log_artifact(path, "evaluation")
     log.info("test_accuracy %.4f, test_loss %.4f", scores["test_accuracy"], scores["test_loss"])
 
 

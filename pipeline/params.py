@@ -82,6 +82,8 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class TrackingParams:
     experiment: str = "lenet5-mnist"
+    # CPU %, memory (and GPU) sampled by MLflow into system/* metrics of the train run.
+    system_metrics: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Stage ``preprocess``: verified IDX files -> stratified train/val/test ``.npz`` arrays.
 
 Outputs (under data/prepared/): train.npz, val.npz, test.npz (x: uint8 N×28×28,
-y: uint8 N), summary.json (counts per class per split; DVC metrics) and samples.png
+y: uint8 N), summary.json (counts per class per split: data facts, not metrics) and samples.png
 (ten digits per class; DVC plot).
 """
 
@@ -15,7 +15,6 @@ import numpy as np
 from pipeline import plots
 from pipeline.cli import run
 from pipeline.data import (
-    PREPARED_DIR,
     check_pair,
     class_counts,
     read_idx_gz,
@@ -23,7 +22,7 @@ from pipeline.data import (
     stratified_split,
     write_json,
 )
-from pipeline.download import OUT_DIR as RAW_DIR
+from pipeline.layout import PREPARED_DIR, RAW_DIR, SAMPLES_FILE, SUMMARY_FILE
 from pipeline.params import PreprocessParams, load_params
 
 log = logging.getLogger(__name__)
@@ -63,8 +62,8 @@ def main() -> None:
     for name, (x, y) in splits.items():
         save_split(PREPARED_DIR / f"{name}.npz", x, y)
     summary = summarize(splits)
-    write_json(PREPARED_DIR / "summary.json", summary)
-    plots.save(plots.samples_per_class(*splits["train"]), PREPARED_DIR / "samples.png")
+    write_json(SUMMARY_FILE, summary)
+    plots.save(plots.samples_per_class(*splits["train"]), SAMPLES_FILE)
     log.info("wrote %s", ", ".join(f"{k}: {v['count']}" for k, v in summary.items()))
 
 

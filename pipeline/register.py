@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -19,14 +18,13 @@ from pipeline import tracking
 from pipeline.cli import run
 from pipeline.data import write_json
 from pipeline.errors import PipelineError
+from pipeline.layout import CHAMPION_FILE
 from pipeline.params import load_params
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
-
-OUT_FILE = Path("data/register/champion.json")
 
 
 def rank_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -95,7 +93,7 @@ def main() -> None:
         )
         version, run_obj = current, current_run
     write_json(
-        OUT_FILE,
+        CHAMPION_FILE,
         {
             "name": name,
             "alias": alias,

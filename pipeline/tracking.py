@@ -41,6 +41,8 @@ _EXPS_TMP = (".dvc", "tmp", "exps")
 # with "database is locked".
 _SQLITE_TIMEOUT_S = 60
 MODEL_URI_TAG = "model.uri"  # set on a run once its model is logged
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -117,11 +119,16 @@ def connect(experiment: str) -> str:
         if exp is None:
             location = None if uri.startswith(("http", "databricks")) else artifact_location()
             try:
-                return mlflow.create_experiment(experiment, artifact_location=location)
+                return mlflow.create_experiment(
+                    experiment, artifact_location=location, tags=EXPERIMENT_KIND
+                )
             except mlflow.exceptions.MlflowException:
                 exp = mlflow.get_experiment_by_name(experiment)  # a parallel worker won
                 if exp is None:
                     raise
+        for key, value in EXPERIMENT_KIND.items():  # stores made before the tag existed
+            if key not in exp.tags:
+                _client().set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"tracking store {redact(uri)}: {_first_line(e)}") from None
@@ -189,13 +196,21 @@ def active_run(
     experiment_id: str | None = None,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[str]:
-    """Start (or resume) a run; on exit mark it FINISHED, FAILED, or KILLED on interrupt."""
+    """Start (or resume) a run; on exit mark it FINISHED, FAILED, or KILLED on interrupt.
+
+    ``system_metrics``: MLflow samples CPU, memory (and GPU) into ``system/*`` metrics.
+    """
     import mlflow
 
     try:
         run = mlflow.start_run(
-            run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})
+            run_id=run_id,
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags=dict(tags or {}),
+            log_system_metrics=system_metrics,
         )
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"cannot start MLflow run: {_first_line(e)}") from None
@@ -229,6 +244,40 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     import mlflow
 
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_dataset(
+    x: np.ndarray, y: np.ndarray, *, name: str, source: Path, digest: str, context: str
+) -> Any:
+    """Log a split as one of the run's dataset inputs; return MLflow's dataset object.
+
+    ``digest`` is DVC's content hash of ``source`` (the file's MD5), so the MLflow UI's
+    Dataset column and dvc.lock name the same bytes.
+    """
+    import warnings
+
+    import mlflow
+
+    with warnings.catch_warnings():  # MLflow registers its local source class twice
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_numpy(
+            x, targets=y, source=source.as_posix(), name=name, digest=digest
+        )
+    mlflow.log_input(dataset, context=context)
+    return dataset
+
+
+def log_model_metrics(metrics: Mapping[str, float], dataset: Any = None) -> None:
+    """Log run metrics that are also linked to the run's logged model (MLflow 3
+    ``LoggedModel``), so the experiment's Models view ranks models by them."""
+    import mlflow
+
+    run = mlflow.active_run()
+    model_uri = _client().get_run(run.info.run_id).data.tags.get(MODEL_URI_TAG, "")
+    model_id = model_uri.removeprefix("models:/") or None
+    mlflow.log_metrics(
+        {k: float(v) for k, v in metrics.items()}, model_id=model_id, dataset=dataset
+    )
 
 
 def log_artifact(path: Path, artifact_dir: str | None = None) -> None:

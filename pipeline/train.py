@@ -1,7 +1,8 @@
 """Stage ``train``: fit LeNet-5 on the prepared split with the recipe in params.yaml.
 
-Outputs (under data/train/): model.keras, history.csv (one row per epoch; DVC plots) and
-run.json (the MLflow run id that the evaluate stage continues).
+Outputs (under data/train/): model.keras, history.csv (one row per epoch; DVC plots),
+metrics.json (final val_accuracy/val_loss and training seconds; DVC metrics) and run.json
+(the MLflow run id that the evaluate stage continues).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -18,18 +18,20 @@ import tensorflow as tf
 
 from pipeline import loop, plots, tracking
 from pipeline.cli import run
-from pipeline.data import PREPARED_DIR, atomic_write, file_md5, load_split, write_json
+from pipeline.data import atomic_write, file_md5, load_split, write_json
 from pipeline.errors import PipelineError
+from pipeline.layout import (
+    CURVES_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    PREPARED_DIR,
+    RUN_FILE,
+    TRAIN_METRICS_FILE,
+)
 from pipeline.model import build_lenet5
 from pipeline.params import Params, TrainParams, load_params
 
 log = logging.getLogger(__name__)
-
-OUT_DIR = Path("data/train")
-MODEL_FILE = OUT_DIR / "model.keras"
-HISTORY_FILE = OUT_DIR / "history.csv"
-RUN_FILE = OUT_DIR / "run.json"
-CURVES_FILE = OUT_DIR / "learning_curves.png"
 
 
 class TrainingDiverged(PipelineError):
@@ -145,16 +147,22 @@ def main() -> None:
         x_train, y_train = x_train[: cfg.max_samples], y_train[: cfg.max_samples]
     steps = math.ceil(len(x_train) / cfg.batch_size)
     model = compile_model(params, steps)
-    data_hashes = {
-        f"data.{s}.md5": file_md5(PREPARED_DIR / f"{s}.npz") for s in ("train", "val", "test")
-    }
+    md5 = {s: file_md5(PREPARED_DIR / f"{s}.npz") for s in ("train", "val", "test")}
+    data_hashes = {f"data.{s}.md5": h for s, h in md5.items()}
 
     with tracking.active_run(
         experiment_id=experiment_id,
         run_name=tracking.run_name(),
         tags={**tracking.git_tags(), **tracking.dvc_tags(), **data_hashes, "device": _device()},
+        system_metrics=params.tracking.system_metrics,
     ) as run_id:
         tracking.log_params(params.flat())
+        inputs = {"train": ((x_train, y_train), "training"), "val": (val, "validation")}
+        for split, ((x, y), context) in inputs.items():  # the UI's Dataset column
+            source = PREPARED_DIR / f"{split}.npz"
+            tracking.log_dataset(
+                x, y, name=f"mnist-{split}", source=source, digest=md5[split], context=context
+            )
         tracking.log_text(_summary(model), "model_summary.txt")
         log.info("training on %d images (%d steps/epoch), run %s", len(x_train), steps, run_id)
         start = time.perf_counter()
@@ -170,6 +178,15 @@ def main() -> None:
         # Outputs last, each atomically: a failure above leaves no model that looks trained.
         atomic_write(MODEL_FILE, lambda tmp: model.save(tmp), suffix=".keras")
         atomic_write(HISTORY_FILE, lambda tmp: history.to_csv(tmp, index=False))
+        final = history.iloc[-1]
+        write_json(
+            TRAIN_METRICS_FILE,
+            {
+                "val_accuracy": float(final["val_accuracy"]),
+                "val_loss": float(final["val_loss"]),
+                "train_seconds": round(train_s, 1),
+            },
+        )
         write_json(RUN_FILE, {"run_id": run_id, "experiment_id": experiment_id})
     log.info(
         "trained %d epochs in %.1f s; final val_accuracy %.4f",

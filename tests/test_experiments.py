@@ -7,10 +7,15 @@ import time
 
 import pandas as pd
 import pytest
+import yaml
 
+from pipeline.data import file_md5
 from tests.conftest import clone_of, mlflow_client, run, stage_env
 
 pytestmark = pytest.mark.slow
+
+
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 
 
 def _queue_busy(project) -> bool:
@@ -18,29 +23,38 @@ def _queue_busy(project) -> bool:
     return any(word in out for word in (" Queued", " Running"))
 
 
-def test_queue_with_two_workers_records_every_experiment(smoke_project, tmp_path):
-    project = clone_of(smoke_project, tmp_path)
+def exp_metrics(project, *args: str) -> dict[str, dict]:
+    """{name: {"test_accuracy": …, "val_accuracy": …, …}} for every row of `dvc exp show`."""
+    rows = json.loads(run(["dvc", "exp", "show", "--json", *args], project).stdout)
+    out = {}
+    for baseline in rows:
+        revs = [baseline] + [r for e in baseline.get("experiments") or [] for r in e["revs"]]
+        for rev in revs:
+            files = (rev.get("data") or {}).get("metrics") or {}
+            out[rev.get("name") or rev["rev"]] = {
+                k: v for f in files.values() for k, v in (f.get("data") or {}).items()
+            }
+    return out
+
+
+@pytest.fixture(scope="module")
+def queued(smoke_project, tmp_path_factory):
+    """The smoke project with its run committed as the baseline, then a 2×2 grid queued in
+    one command and run by 2 workers, and one `dvc exp run --temp`."""
+    project = clone_of(smoke_project, tmp_path_factory.mktemp("queued"))
     env = stage_env()
-    names = [f"lr-{i}" for i in range(4)]
-    for name, lr in zip(names, ("0.001", "0.002", "0.003", "0.004"), strict=True):
-        run(
-            [
-                "dvc",
-                "exp",
-                "run",
-                "--queue",
-                "-n",
-                name,
-                "-S",
-                "train.optimizer=adam",
-                "-S",
-                f"train.learning_rate={lr}",
-                "-S",
-                "train.epochs=1",
-            ],
-            project,
-            env,
-        )
+    run(["git", "add", "-A"], project)  # metrics and plot data are git's to keep
+    run([*GIT, "commit", "-qm", "baseline run"], project)
+    run(
+        [
+            "dvc", "exp", "run", "--queue",
+            "-S", "train.learning_rate=0.001,0.002",
+            "-S", "train.optimizer=adam,rmsprop",
+            "-S", "train.epochs=1",
+        ],
+        project,
+        env,
+    )  # fmt: skip
     try:
         run(["dvc", "queue", "start", "-j", "2"], project, env)
         deadline = time.monotonic() + 900
@@ -49,13 +63,26 @@ def test_queue_with_two_workers_records_every_experiment(smoke_project, tmp_path
         status = run(["dvc", "queue", "status"], project).stdout
     finally:
         run(["dvc", "queue", "stop", "--kill"], project, env, check=False)
+    run(["dvc", "exp", "run", "--temp", "-n", "temp-run", "-S", "train.epochs=1"], project, env)
+    return project, status
+
+
+def test_queue_with_two_workers_records_every_experiment(queued):
+    project, status = queued
+    env = stage_env()
     assert status.count("Success") == 4, status
+    names = sorted(n for n in exp_metrics(project) if n not in ("workspace", "main", "temp-run"))
+    assert len(names) == 4
     logs = "".join(run(["dvc", "queue", "logs", n], project, check=False).stdout for n in names)
     assert "database is locked" not in logs
 
     client = mlflow_client(project)
     exp = client.get_experiment_by_name("lenet5-mnist")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`dvc.exp_name` LIKE 'lr-%'")
+    runs = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("dvc.exp_name") in names
+    ]
     assert sorted(r.data.tags["dvc.exp_name"] for r in runs) == names  # 4 of 4, none lost
     for r in runs:
         assert r.info.status == "FINISHED"
@@ -73,10 +100,80 @@ def test_queue_with_two_workers_records_every_experiment(smoke_project, tmp_path
             run([sys.executable, "-m", "pipeline.compare", "--format", "csv"], project, env).stdout
         )
     )
-    assert len(table) == 5  # the workspace run and the four experiments
+    assert len(table) == 6  # the baseline run, the four queued and the --temp experiment
     assert table["test_accuracy"].is_monotonic_decreasing
     assert table.loc[0, "champion"] == "*" and table.loc[0, "run_id"] == best.info.run_id
-    assert set(table["dvc_exp"].dropna()) == set(names)
+    assert set(names) <= set(table["dvc_exp"].dropna())
+
+
+def test_exp_show_lists_the_metrics_of_every_experiment(queued):
+    project, _ = queued
+    rows = exp_metrics(project)
+    assert len(rows) == 7  # workspace, main, 4 queued, 1 --temp
+    for name, metrics in rows.items():
+        assert {"test_accuracy", "test_loss", "val_accuracy", "train_seconds"} <= set(metrics), name
+        assert 0 < metrics["test_accuracy"] <= 1
+    # Class counts are data facts, not metrics columns.
+    assert not any("count" in k or "per_class" in k for m in rows.values() for k in m)
+    baseline = json.loads((project / "data/eval/metrics.json").read_text())
+    assert rows["main"]["test_accuracy"] == baseline["test_accuracy"]
+    # Test metrics come first, where a narrow terminal still shows them.
+    table = run(["dvc", "exp", "show", "--csv"], project).stdout.splitlines()[0].split(",")
+    metric_cols = [c for c in table if c in ("test_accuracy", "val_accuracy", "train_seconds")]
+    assert metric_cols[0] == "test_accuracy"
+
+
+def test_metrics_diff_and_plots_diff_compare_two_experiments(queued, tmp_path):
+    project, _ = queued
+    rows = exp_metrics(project)
+    a, b = sorted(n for n in rows if n not in ("workspace", "main", "temp-run"))[:2]
+    diff = json.loads(run(["dvc", "metrics", "diff", "main", a, "--json"], project).stdout)
+    change = diff["data/eval/metrics.json"]["test_accuracy"]
+    assert change["old"] == rows["main"]["test_accuracy"]
+    assert change["new"] == rows[a]["test_accuracy"]
+    assert change["diff"] == pytest.approx(change["new"] - change["old"])
+    text = run(["dvc", "metrics", "diff", "main", a], project).stdout
+    assert "test_accuracy" in text and "val_accuracy" in text
+
+    run(["dvc", "plots", "diff", a, b, "-o", str(tmp_path / "plots")], project)
+    html = (tmp_path / "plots/index.html").read_text()
+    for title in ("Loss", "Accuracy", "Confusion matrix"):
+        assert title in html
+    assert html.count(f'"rev": "{a}"') > 0 and html.count(f'"rev": "{b}"') > 0
+    images = {p.name for p in (tmp_path / "plots/static").iterdir()}
+    for rev in (a, b):
+        assert {f"{rev}_data_train_learning_curves.png", f"{rev}_data_eval_confusion.png"} <= images
+
+
+def test_exp_apply_restores_metrics_plots_and_model(queued, tmp_path):
+    project = clone_of(queued[0], tmp_path / "apply")
+    rows = exp_metrics(project)
+    name = next(n for n in rows if n not in ("workspace", "main", "temp-run"))
+    ref = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], project).stdout
+    ref = next(r for r in ref.split() if r.endswith("/" + name))
+    run(["dvc", "exp", "apply", name], project)
+    for path in ("data/eval/metrics.json", "data/train/metrics.json", "data/train/history.csv"):
+        committed = run(["git", "show", f"{ref}:{path}"], project).stdout
+        assert (project / path).read_text() == committed, path  # byte for byte
+    lock = yaml.safe_load(run(["git", "show", f"{ref}:dvc.lock"], project).stdout)
+    model = next(o for o in lock["stages"]["train"]["outs"] if o["path"].endswith("model.keras"))
+    assert file_md5(project / "data/train/model.keras") == model["md5"]
+    assert run(["dvc", "status", "--json"], project).stdout.strip() in ("{}", "")
+
+
+def test_a_grid_queues_the_product_of_the_values(smoke_project, tmp_path):
+    project = clone_of(smoke_project, tmp_path)
+    cmd = ["dvc", "exp", "run", "--queue", "-S", "train.learning_rate=0.001,0.002,0.005"]
+    run([*cmd, "-S", "train.optimizer=adam,sgd"], project)
+    status = run(["dvc", "queue", "status"], project).stdout
+    rows = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    run(["dvc", "queue", "remove", "--all"], project, check=False)
+    assert status.count(" Queued") == 6, status
+    grid = set()
+    for exp in rows[1].get("experiments") or []:
+        train = exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]
+        grid.add((train["learning_rate"], train["optimizer"]))
+    assert grid == {(lr, o) for lr in (0.001, 0.002, 0.005) for o in ("adam", "sgd")}
 
 
 def test_lineage_answers_what_trained_the_champion(smoke_project):

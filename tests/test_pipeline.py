@@ -46,8 +46,12 @@ def test_an_edit_reruns_only_the_stages_that_use_it(smoke_project, tmp_path):
 
 def test_dvc_metrics_and_plots(smoke_project, tmp_path):
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], smoke_project).stdout)
-    scores = metrics[""]["data"]["data/eval/metrics.json"]["data"]
+    files = metrics[""]["data"]
+    assert set(files) == {"data/eval/metrics.json", "data/train/metrics.json"}
+    scores = files["data/eval/metrics.json"]["data"]
     assert 0 < scores["test_accuracy"] <= 1 and scores["test_loss"] > 0
+    train = files["data/train/metrics.json"]["data"]
+    assert set(train) == {"val_accuracy", "val_loss", "train_seconds"}
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], smoke_project)
     html = (tmp_path / "plots/index.html").read_text()
     for name in ("Loss", "Accuracy", "Confusion matrix", "confusion.png", "samples.png"):
@@ -87,6 +91,72 @@ def test_mlflow_run_has_params_curves_metrics_and_artifacts(smoke_project):
         "evaluation/per_class.csv",
     } <= artifacts
     assert (smoke_project / "mlartifacts").is_dir()
+
+
+def test_mlflow_sees_datasets_logged_model_and_experiment_kind(smoke_project):
+    import mlflow
+
+    client = mlflow_client(smoke_project)
+    run_id = json.loads((smoke_project / "data/train/run.json").read_text())["run_id"]
+    r = client.get_run(run_id)
+    lock = yaml.safe_load((smoke_project / "dvc.lock").read_text())
+    dvc_md5 = {o["path"]: o["md5"] for o in lock["stages"]["preprocess"]["outs"] if "md5" in o}
+    inputs = {d.dataset.name: d for d in r.inputs.dataset_inputs}
+    assert set(inputs) == {"mnist-train", "mnist-val", "mnist-test"}
+    for split, context in (("train", "training"), ("val", "validation"), ("test", "test")):
+        d = inputs[f"mnist-{split}"]
+        path = f"data/prepared/{split}.npz"
+        assert d.dataset.digest == dvc_md5[path]  # the same bytes dvc.lock names
+        assert json.loads(d.dataset.source) == {"uri": path}
+        assert {t.key: t.value for t in d.tags}["mlflow.data.context"] == context
+    train_shape = json.loads(inputs["mnist-train"].dataset.profile)["features_shape"]
+    assert train_shape == [2000, 28, 28]  # what was trained on: train.max_samples
+
+    exp = client.get_experiment(r.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    mlflow.set_tracking_uri(f"sqlite:///{smoke_project / 'mlflow.db'}")
+    models = mlflow.search_logged_models(
+        experiment_ids=[exp.experiment_id],
+        filter_string=f"source_run_id = '{run_id}'",
+        output_format="list",
+    )
+    assert len(models) == 1
+    linked = {m.key: m for m in models[0].metrics}
+    assert linked["test_accuracy"].value == r.data.metrics["test_accuracy"]
+    assert linked["test_accuracy"].dataset_name == "mnist-test"
+    assert r.data.tags["model.uri"] == f"models:/{models[0].model_id}"
+
+
+def test_small_text_outputs_are_for_git_and_binaries_for_dvc(smoke_project):
+    tracked_by_git = [
+        "data/prepared/summary.json",
+        "data/train/metrics.json",
+        "data/train/history.csv",
+        "data/train/run.json",
+        "data/eval/metrics.json",
+        "data/eval/per_class.csv",
+        "data/eval/predictions.csv",
+        "data/register/champion.json",
+    ]
+    cached = [
+        "data/raw",
+        "data/prepared/train.npz",
+        "data/prepared/samples.png",
+        "data/train/model.keras",
+        "data/train/learning_curves.png",
+        "data/eval/confusion.png",
+    ]
+    for path in tracked_by_git + cached:
+        assert (smoke_project / path).exists(), path
+    ignored = run(
+        ["git", "check-ignore", *tracked_by_git, *cached], smoke_project, check=False
+    ).stdout.split()
+    assert sorted(ignored) == sorted(cached)
+    status = run(
+        ["git", "status", "--porcelain", "--untracked-files=all", "--", "data"], smoke_project
+    ).stdout
+    assert all(p in status for p in tracked_by_git)  # new files git offers to commit
+    assert not list((smoke_project / "data").rglob(".*"))  # no temp files left behind
 
 
 def test_logged_model_loads_with_pyfunc_and_matches_keras(smoke_project):

@@ -1,0 +1,43 @@
+"""The data layout: every file a stage writes and another reads, named once.
+
+dvc.yaml declares the same paths. Where each lives:
+
+- **git** (small text, ``cache: false``): metrics, plot data and the small JSON files, so
+  every commit and every DVC experiment carries its own (``dvc exp show``,
+  ``dvc metrics diff``, ``dvc plots diff``, ``dvc exp apply``).
+- **DVC cache** (binary, pushed to a DVC remote): raw and prepared data, the model, the
+  PNG plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA = Path("data")
+
+# download
+RAW_DIR = DATA / "raw"  # the four MNIST .gz files (DVC cache)
+
+# preprocess
+PREPARED_DIR = DATA / "prepared"  # {train,val,test}.npz (DVC cache)
+SUMMARY_FILE = PREPARED_DIR / "summary.json"  # class counts per split (git)
+SAMPLES_FILE = PREPARED_DIR / "samples.png"  # ten digits per class (DVC cache)
+
+# train
+TRAIN_DIR = DATA / "train"
+MODEL_FILE = TRAIN_DIR / "model.keras"  # (DVC cache)
+RUN_FILE = TRAIN_DIR / "run.json"  # MLflow run and model ids evaluate continues (git)
+TRAIN_METRICS_FILE = TRAIN_DIR / "metrics.json"  # final val metrics, train seconds (git)
+HISTORY_FILE = TRAIN_DIR / "history.csv"  # one row per epoch (git)
+CURVES_FILE = TRAIN_DIR / "learning_curves.png"  # (DVC cache)
+
+# evaluate
+EVAL_DIR = DATA / "eval"
+EVAL_METRICS_FILE = EVAL_DIR / "metrics.json"  # test_accuracy, test_loss (git)
+PER_CLASS_FILE = EVAL_DIR / "per_class.csv"  # (git)
+PREDICTIONS_FILE = EVAL_DIR / "predictions.csv"  # actual, predicted (git)
+CONFUSION_FILE = EVAL_DIR / "confusion.png"  # (DVC cache)
+MISCLASSIFIED_FILE = EVAL_DIR / "misclassified.png"  # (DVC cache)
+
+# register
+CHAMPION_FILE = DATA / "register" / "champion.json"  # (git)
