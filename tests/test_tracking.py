@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.tracking import dvc_tags, project_root, run_name, tracking_uri
+from pipeline.tracking import connect, dvc_tags, project_root, run_name, tracking_uri
 
 
 def test_project_root_of_a_dvc_temp_copy_is_the_main_workspace(tmp_path):
@@ -29,3 +29,19 @@ def test_run_names_and_dvc_tags():
         "dvc.baseline_rev": "abc",
     }
     assert dvc_tags({}) == {}
+
+
+def test_connect_marks_new_and_existing_experiments_as_model_training(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(env={}))
+    old = client.create_experiment("made-before-the-tag")  # a store from an older version
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+
+    assert connect("made-before-the-tag") == old
+    new = connect("brand-new")
+    for exp_id in (old, new):
+        tags = client.get_experiment(exp_id).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
