@@ -540,6 +540,14 @@ def to_markdown(results: dict) -> str:
             "",
             pd.DataFrame(rows).to_markdown(index=False),
         ]
+        if "load_avg" in results:
+            before, after = results["load_avg"]
+            out += [
+                "",
+                f"Load average (1 min) before and after: {before}, {after} on "
+                f"{m['cores']} cores: above {m['cores']}, other jobs shared the cores and "
+                "every trainer ran slower than on an idle machine.",
+            ]
     if "profile" in results:
         pr = results["profile"]
         out += [
@@ -618,7 +626,10 @@ def main() -> None:
     data = load_data() if {"speed", "profile", "accuracy"} & set(parts) else None
     if "speed" in parts:
         peak = results["machine"]["fp32_peak_GFLOP_per_s"]
+        load_before = os.getloadavg()[0]
         results["speed"] = bench_speed(data, args.rounds, peak)
+        # Other jobs on the same cores slow every trainer; the load says how busy it was.
+        results["load_avg"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     if "profile" in parts:
         results["profile"] = bench_profile(data)
     if "overhead" in parts:
