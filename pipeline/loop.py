@@ -7,10 +7,10 @@ overheads cost about as much as the math. Here the data sits in memory as tensor
 when there is one. Without augmentation the model's input layers (reshape, rescale,
 zero-pad: no weights) run once over the whole training set, and each step gathers the
 padded float images and calls only the layers after them, sharing their weights: the
-same arithmetic in the same order, so the same weights to the last bit, minus four ops
-per step. Semantics match ``fit``: same optimizer, loss, batch order from a
-seeded permutation, epoch-mean ``loss``/``accuracy``, ``val_loss``/``val_accuracy``, and
-Keras callbacks get ``on_epoch_end`` with those logs.
+same arithmetic in the same order, so the same weights to the last bit, without the
+cast, reshape, rescale and pad ops in every step. Semantics match ``fit``: same
+optimizer, loss, batch order from a seeded permutation, epoch-mean ``loss``/``accuracy``,
+``val_loss``/``val_accuracy``, and Keras callbacks get ``on_epoch_end`` with those logs.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class CompiledLoop:
         self.model = model
         self.head, self.trunk = split_inputs(model)
         if augment is None:
-            # (N, 32, 32, 1) float32, 225 MB for MNIST: scaled and padded once, not per step.
+            # (N, 32, 32, 1) float32 (225 MB for MNIST at 32×32): scaled and padded once.
             self.x = tf.constant(_call(self.head, tf.cast(train[0], "float32"), training=False))
         else:  # augmentation works on the raw 28×28 digits, so the full model runs per step
             self.x = tf.constant(train[0])  # (N, 28, 28) uint8: 43 MB for all of MNIST
