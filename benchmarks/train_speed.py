@@ -1,14 +1,20 @@
 """Training speed, pipeline overhead and time-to-accuracy, printed as figures.
 
     python -m benchmarks.train_speed                 # everything (~15 min on 2 cores)
-    python -m benchmarks.train_speed --only speed    # speed | overhead | accuracy
+    python -m benchmarks.train_speed --only speed    # speed | profile | overhead | accuracy
     python -m benchmarks.train_speed --write BENCHMARKS.md
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python -m benchmarks.train_speed ...
+        # the AVX2 class emulated on an AVX-512 CPU (oneDNN and PyTorch kernels capped)
 
 Speed: on the same data in one process, alternates one epoch at a time
   (a) the seed post's bare Keras script (28×28, SGD 0.01, batch 128, model.fit on arrays),
-  (b) the pipeline's train stage with the same recipe (train.loop compiled and fit), and
-  (c) the same LeNet-5 recipe in PyTorch eager, when torch is installed,
-and prints medians over the epochs after a warm-up. Overhead: a cold `dvc repro` split per
+  (b) the pipeline's train stage with the same recipe (train.loop compiled), 28×28 and
+      the default 32×32, and
+  (c) the same LeNet-5 recipe in PyTorch eager, 28×28 and 32×32, when torch is installed,
+and prints medians over the epochs after a warm-up: samples/s, and GFLOP/s as a share of
+the machine's FP32 peak (FLOPs: pipeline.model.train_flops_per_image; peak: fp32_peak).
+Profile: one epoch of the pipeline's loop under the TensorFlow profiler, op time per
+layer, forward and backward. Overhead: a cold `dvc repro` split per
 stage and a no-op `dvc repro`, in a temporary copy of the project. Time to accuracy: wall
 seconds of training until test accuracy first reaches 98.3 % and 99.0 %, per recipe in
 benchmarks/recipes.yaml.
@@ -35,8 +41,61 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = Path(__file__).with_name("recipes.yaml")
+RESULTS = Path(__file__).with_name("results")  # one JSON per machine class and CPU
 THRESHOLDS = (0.983, 0.990)
 MARKER = "<!-- everything below is written by: python -m benchmarks.train_speed --write -->"
+
+
+# --- machine class and FP32 peak -----------------------------------------------------------
+
+FMA_UNITS = 2  # vector FMA pipes per core: Xeon Scalable Gold/Platinum, AMD Zen 2-4 (assumed)
+
+
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def machine_class(flags: set[str] | None = None, env: dict | None = None) -> dict:
+    """The vector class the kernels run with: the CPU's, or lower when capped by
+    ONEDNN_MAX_CPU_ISA (oneDNN, used by TensorFlow) and ATEN_CPU_CAPABILITY (PyTorch)."""
+    flags = cpu_flags() if flags is None else flags
+    env = os.environ if env is None else env
+    native = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    extensions = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    cap = env.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if native == "AVX-512" and cap.startswith("AVX2"):
+        label = "AVX2 (ISA capped via ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY on an AVX-512 CPU)"
+        return {
+            "class": "AVX2",
+            "label": label,
+            "emulated": True,
+            "vector_bits": 256,
+            "extensions": extensions,
+        }
+    bits = {"AVX-512": 512, "AVX2": 256, "SSE": 128}[native]
+    return {
+        "class": native,
+        "label": f"{native} (native)",
+        "emulated": False,
+        "vector_bits": bits,
+        "extensions": extensions,
+    }
+
+
+def cpu_ghz() -> float:
+    """The clock /proc/cpuinfo reports (nominal on VMs; turbo, if any, is not visible)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("cpu MHz"):
+            return float(line.split(":", 1)[1]) / 1000
+    return float("nan")
+
+
+def fp32_peak(vector_bits: int, cores: int, ghz: float, fma_units: int = FMA_UNITS) -> float:
+    """FP32 peak in GFLOP/s = cores × FMA units × (vector bits / 32) lanes × 2 × GHz."""
+    return cores * fma_units * (vector_bits // 32) * 2 * ghz
 
 
 # --- data -------------------------------------------------------------------------------
@@ -85,6 +144,7 @@ class BareKeras:
             loss="categorical_crossentropy",
             metrics=["accuracy"],
         )
+        self.flops_per_image = _flops(0)
 
     def epoch(self) -> None:
         self.model.fit(self.x, self.y, batch_size=128, epochs=1, verbose=0)
@@ -106,6 +166,7 @@ class Pipeline:
         self.name = f"(b) pipeline train, {28 + 2 * padding}x{28 + 2 * padding}, loop={loop}"
         self.cfg, self.data = params.train, data
         self.model = compile_model(params, steps_per_epoch=430)
+        self.flops_per_image = _flops(padding)
         if loop == "compiled":
             from pipeline.loop import CompiledLoop
 
@@ -132,22 +193,32 @@ class Pipeline:
             )
 
 
+def _flops(padding: int) -> int:
+    """Training FLOPs per image of the pipeline's LeNet-5 (the other trainers' network)."""
+    from pipeline.model import build_lenet5, train_flops_per_image
+    from pipeline.params import ModelParams
+
+    return sum(train_flops_per_image(build_lenet5(ModelParams(padding=padding))).values())
+
+
 class TorchEager:
-    """The same LeNet-5 recipe in PyTorch eager (32×32 via padding, tanh, max-pool, SGD)."""
+    """The same LeNet-5 recipe in PyTorch eager (tanh, max-pool, SGD 0.01, batch 128)."""
 
-    name = "(c) PyTorch eager, 32x32"
-
-    def __init__(self, data: dict) -> None:
+    def __init__(self, data: dict, padding: int) -> None:
         import torch
         from torch import nn
 
         torch.manual_seed(0)
         x, y = data["train"]
+        side = 28 + 2 * padding
+        self.name = f"(c) PyTorch eager, {side}x{side}"
+        self.flops_per_image = _flops(padding)
         self.torch = torch
         self.x = torch.from_numpy(x.astype("float32") / 255.0)[:, None]
         self.y = torch.from_numpy(y.astype("int64"))
+        s4 = ((side - 4) // 2 - 4) // 2  # 5 at 32×32, 4 at 28×28
         self.model = nn.Sequential(
-            nn.ZeroPad2d(2),
+            nn.ZeroPad2d(padding),
             nn.Conv2d(1, 6, 5),
             nn.Tanh(),
             nn.MaxPool2d(2),
@@ -155,7 +226,7 @@ class TorchEager:
             nn.Tanh(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(400, 120),
+            nn.Linear(16 * s4 * s4, 120),
             nn.Tanh(),
             nn.Linear(120, 84),
             nn.Tanh(),
@@ -173,16 +244,11 @@ class TorchEager:
             self.opt.step()
 
 
-def bench_speed(data: dict, rounds: int) -> list[dict]:
+def bench_speed(data: dict, rounds: int, peak_gflops: float) -> list[dict]:
     """Alternate one epoch per trainer; median seconds per epoch after one warm-up epoch."""
-    trainers = [
-        BareKeras(data),
-        Pipeline(data, "compiled", 2),
-        Pipeline(data, "fit", 2),
-        Pipeline(data, "compiled", 0),
-    ]
+    trainers = [BareKeras(data), Pipeline(data, "compiled", 0), Pipeline(data, "compiled", 2)]
     try:
-        trainers.append(TorchEager(data))
+        trainers += [TorchEager(data, 0), TorchEager(data, 2)]
     except ImportError:
         print("torch is not installed: skipping (c); pip install '.[torch]'")
     times: dict[str, list[float]] = {t.name: [] for t in trainers}
@@ -194,19 +260,101 @@ def bench_speed(data: dict, rounds: int) -> list[dict]:
                 times[t.name].append(time.perf_counter() - start)
     n = len(data["train"][0])
     base = statistics.median(times[trainers[0].name])
+    torch28 = times.get("(c) PyTorch eager, 28x28")
     rows = []
-    for name, ts in times.items():
+    for t in trainers:
+        ts = times[t.name]
         med = statistics.median(ts)
+        gflops = n * t.flops_per_image / med / 1e9
         rows.append(
             {
-                "trainer": name,
+                "trainer": t.name,
                 "s_per_epoch": round(med, 2),
                 "samples_per_s": round(n / med),
+                "GFLOP_per_s": round(gflops, 1),
+                "pct_of_peak": round(100 * gflops / peak_gflops, 1),
                 "vs_a": round(base / med, 2),
+                "vs_torch_28": round(statistics.median(torch28) / med, 2) if torch28 else None,
                 "epochs": len(ts),
+                "all_s": [round(x, 2) for x in ts],
             }
         )
     return rows
+
+
+# --- per-op profile -------------------------------------------------------------------
+
+
+def bench_profile(data: dict, padding: int = 2) -> dict:
+    """One epoch of the pipeline's compiled loop under the TensorFlow profiler: op time
+    per layer, forward vs backward (ops under ``gradient_tape/``), in ms per step.
+
+    Op times are summed over TensorFlow's threads, so they can add up to more than the
+    wall time when two ops run at once on the two cores.
+    """
+    import tensorflow as tf
+
+    trainer = Pipeline(data, "compiled", padding)
+    trainer.epoch()  # trace and warm up outside the profile
+    order = tf.constant(np.random.default_rng(0).permutation(len(data["train"][0])), "int32")
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        start = time.perf_counter()
+        trainer.loop._train_epoch(order)  # the training steps only, no validation
+        wall = time.perf_counter() - start
+        tf.profiler.experimental.stop()
+        ops = _op_seconds(next(Path(logdir).rglob("*.xplane.pb")))
+    steps = -(-len(data["train"][0]) // trainer.cfg.batch_size)
+    layers = [layer.name for layer in trainer.model.layers]
+    table: dict[tuple[str, str], float] = {}
+    for name, seconds in ops.items():
+        if "/while/" not in name:
+            continue  # not an op of the training steps
+        part = "backward" if "gradient_tape/" in name else "forward"
+        scope = name.split(":")[0].split("/")
+        layer = next((x.rsplit("_", 1)[0] for x in scope if x.rsplit("_", 1)[0] in layers), None)
+        if layer is None:
+            layer = "optimizer" if any(x.startswith(("sgd", "SGD")) for x in scope) else "other"
+            part = "update" if layer == "optimizer" else part
+        table[(layer, part)] = table.get((layer, part), 0.0) + seconds
+    rows = [
+        {"layer": layer, "part": part, "ms_per_step": round(1000 * sec / steps, 3)}
+        for (layer, part), sec in sorted(table.items(), key=lambda kv: -kv[1])
+    ]
+    total = sum(table.values())
+    for row in rows:
+        row["share_pct"] = round(100 * row["ms_per_step"] * steps / 1000 / total, 1)
+    top_ops = sorted(ops.items(), key=lambda kv: -kv[1])[:12]
+    return {
+        "side": 28 + 2 * padding,
+        "wall_s": round(wall, 2),
+        "op_s": round(total, 2),
+        "steps": steps,
+        "layers": rows,
+        "top_ops": [
+            {"op": name.split("/while/")[-1], "ms_per_step": round(1000 * sec / steps, 3)}
+            for name, sec in top_ops
+            if "/while/" in name
+        ],
+    }
+
+
+def _op_seconds(xplane: Path) -> dict[str, float]:
+    """{"scope/op:OpType": seconds} over the TensorFlow op events of a profile."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(xplane.read_bytes())
+    seconds: dict[str, float] = {}
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_"):  # op threads, not python/executor frames
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" in name:
+                    seconds[name] = seconds.get(name, 0.0) + event.duration_ps / 1e12
+    return seconds
 
 
 # --- pipeline overhead ----------------------------------------------------------------
@@ -349,33 +497,77 @@ def machine() -> dict:
         import torch
 
         versions["torch"] = torch.__version__
+        versions["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except ImportError:
         pass
+    cls = machine_class()
+    cores = len(os.sched_getaffinity(0))
+    ghz = cpu_ghz()
     return {
+        "class": cls["label"],
         "cpu": cpu,
-        "cores": os.cpu_count(),
+        "vector_extensions": " ".join(cls["extensions"]),
+        "cores": cores,
+        "clock_GHz": ghz,
+        "fp32_peak_GFLOP_per_s": round(fp32_peak(cls["vector_bits"], cores, ghz), 1),
+        "peak_formula": f"{cores} cores × {FMA_UNITS} FMA units × {cls['vector_bits'] // 32} "
+        f"FP32 lanes × 2 FLOP/FMA × {ghz} GHz",
         "device": gpus[0].name if gpus else "CPU",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
         **versions,
     }
 
 
+def machine_key(m: dict) -> str:
+    """File name for one machine class on one CPU model: results/<key>.json."""
+    text = f"{m['class'].split(' (')[0]}-{'emulated' if 'capped' in m['class'] else 'native'}"
+    text += f"-{m['cpu']}"
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
 def to_markdown(results: dict) -> str:
+    """One machine's section: what it is, then each part that was measured on it."""
     import pandas as pd
 
-    out = [MARKER, "", "Printed by `python -m benchmarks.train_speed`; the machine:", ""]
-    out += [f"- {k}: {v}" for k, v in results["machine"].items()]
+    m = results["machine"]
+    out = [f"## {m['class']}: {m['cpu']}", ""]
+    out += [f"- {k}: {v}" for k, v in m.items() if k not in ("class", "cpu")]
     if "speed" in results:
+        rows = [{k: v for k, v in r.items() if k != "all_s"} for r in results["speed"]]
         out += [
             "",
-            "## Training speed (reference recipe, batch 128, medians)",
+            "### Training speed (reference recipe, batch 128, medians of alternated epochs)",
             "",
-            pd.DataFrame(results["speed"]).to_markdown(index=False),
+            pd.DataFrame(rows).to_markdown(index=False),
+        ]
+        if "load_avg" in results:
+            before, after = results["load_avg"]
+            out += [
+                "",
+                f"Load average (1 min) before and after: {before}, {after} on "
+                f"{m['cores']} cores: above {m['cores']}, other jobs shared the cores and "
+                "every trainer ran slower than on an idle machine.",
+            ]
+    if "profile" in results:
+        pr = results["profile"]
+        out += [
+            "",
+            f"### Where a training step goes ({pr['side']}x{pr['side']}, TensorFlow profiler)",
+            "",
+            f"One profiled epoch: {pr['wall_s']} s wall, {pr['op_s']} s of op time summed "
+            f"over threads, {pr['steps']} steps. Per layer and direction:",
+            "",
+            pd.DataFrame(pr["layers"]).to_markdown(index=False),
+            "",
+            "The slowest single ops:",
+            "",
+            pd.DataFrame(pr["top_ops"]).to_markdown(index=False),
         ]
     if "overhead" in results:
         o = results["overhead"]
         out += [
             "",
-            "## Pipeline overhead (cold `dvc repro`, 1 epoch, local mirror)",
+            "### Pipeline overhead (cold `dvc repro`, 1 epoch, local mirror)",
             "",
             f"One cold `dvc repro`: {o['cold_total_s']} s, of which training (the epoch "
             f"loop) {o['fit_s']} s: **{o['outside_fit_s']} s outside training**. "
@@ -393,39 +585,60 @@ def to_markdown(results: dict) -> str:
         ]
         out += [
             "",
-            "## Time to accuracy (training seconds, epoch) on the 10,000 test images",
+            "### Time to accuracy (training seconds, epoch) on the 10,000 test images",
             "",
             pd.DataFrame(rows).to_markdown(index=False),
         ]
     return "\n".join(out) + "\n"
 
 
+def write_report(path: Path, results: dict) -> None:
+    """Store this machine's results (merged into its earlier ones), then rewrite the part
+    of ``path`` below MARKER with one section per stored machine class."""
+    RESULTS.mkdir(exist_ok=True)
+    stored = RESULTS / f"{machine_key(results['machine'])}.json"
+    merged = json.loads(stored.read_text()) if stored.exists() else {}
+    stored.write_text(json.dumps({**merged, **results}, indent=1, ensure_ascii=False) + "\n")
+    sections = [to_markdown(json.loads(f.read_text())) for f in sorted(RESULTS.glob("*.json"))]
+    # Hand-written notes above the marker survive a rewrite.
+    before = path.read_text().split(MARKER)[0] if path.exists() else ""
+    path.write_text(before + MARKER + "\n\n" + "\n".join(sections))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["speed", "overhead", "accuracy"], action="append")
+    parts_all = ["speed", "profile", "overhead", "accuracy"]
+    parser.add_argument("--only", choices=parts_all, action="append")
     parser.add_argument("--rounds", type=int, default=5, help="timed epochs per trainer")
     parser.add_argument("--recipe", action="append", help="only these recipes")
     parser.add_argument("--write", type=Path, help="also write the report (markdown) here")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parts = args.only or ["speed", "overhead", "accuracy"]
+    # PyTorch's OpenMP threads spin while they wait; on a shared 2-core machine that made
+    # its epochs 10× slower (51 s instead of 5 s). Passive waiting is its best setting here;
+    # TensorFlow's own thread pool does not use OpenMP.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    parts = args.only or parts_all
     results: dict = {"machine": machine()}
     print(json.dumps(results["machine"]), flush=True)
     mirror = os.environ.get("MNIST_MIRROR") or str(ROOT.parent / "shared/mnist")
     os.environ.setdefault("MNIST_MIRROR", mirror)
-    data = load_data() if {"speed", "accuracy"} & set(parts) else None
+    data = load_data() if {"speed", "profile", "accuracy"} & set(parts) else None
     if "speed" in parts:
-        results["speed"] = bench_speed(data, args.rounds)
+        peak = results["machine"]["fp32_peak_GFLOP_per_s"]
+        load_before = os.getloadavg()[0]
+        results["speed"] = bench_speed(data, args.rounds, peak)
+        # Other jobs on the same cores slow every trainer; the load says how busy it was.
+        results["load_avg"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+    if "profile" in parts:
+        results["profile"] = bench_profile(data)
     if "overhead" in parts:
         results["overhead"] = bench_overhead(mirror)
     if "accuracy" in parts:
         results["accuracy"] = bench_accuracy(data, args.recipe)
-    report = to_markdown(results)
-    print(report)
+    print(to_markdown(results))
     if args.write:
-        # Hand-written notes above the marker survive a rewrite.
-        before = args.write.read_text().split(MARKER)[0] if args.write.exists() else ""
-        args.write.write_text(before + report)
+        write_report(args.write, results)
 
 
 if __name__ == "__main__":

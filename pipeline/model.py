@@ -43,3 +43,27 @@ def trainable_params_per_layer(model: keras.Model) -> dict[str, int]:
         for layer in model.layers
         if layer.trainable_weights
     }
+
+
+def train_flops_per_image(model: keras.Model) -> dict[str, int]:
+    """FP32 FLOPs of one training step per image, per layer with weights: {"C1": ..., ...}.
+
+    A multiply-add is 2 FLOPs. Per layer, with M its multiply-adds per image (Conv2D:
+    out_h·out_w·out_c·k_h·k_w·in_c, Dense: in·out): forward 2M, weight gradient 2M, input
+    gradient 2M except for the first layer, whose input (the data) needs no gradient. So a
+    step is 6M per layer minus 2M for the first. Biases, activations, pooling, softmax and
+    the optimizer update are O(activations) or O(weights), not counted (< 2 %).
+    """
+    flops, first = {}, True
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            kh, kw, c_in, _ = layer.kernel.shape
+            _, h, w, c_out = layer.output.shape
+            macs = h * w * c_out * kh * kw * c_in
+        elif isinstance(layer, layers.Dense):
+            macs = layer.kernel.shape[0] * layer.kernel.shape[1]
+        else:
+            continue
+        flops[layer.name] = (4 if first else 6) * int(macs)
+        first = False
+    return flops

@@ -3,8 +3,9 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from pipeline.loop import augmenter
+from pipeline.loop import CompiledLoop, _call, augmenter, split_inputs
 from pipeline.params import Params, parse_params
 from pipeline.train import TrainingDiverged, compile_model, fit
 
@@ -82,3 +83,37 @@ def test_fit_loop_rejects_augmentation():
     with pytest.raises(ParamsError, match="train.loop: augmentation"):
         params(loop="fit", augment_shift=2)
     assert params(augment_shift=2).train.augment_shift == 2
+
+
+def test_input_layers_are_split_off_and_match_scaling_and_padding():
+    model = compile_model(params(), 10)
+    head, trunk = split_inputs(model)
+    assert [layer.name for layer in head] == ["channel", "scale", "pad"]
+    assert trunk[0].name == "C1" and trunk[-1].name == "output"
+    x = toy_data(4)[0]
+    out = np.asarray(_call(head, x.astype("float32"), training=False))
+    expected = np.pad(x.astype("float32") * np.float32(1 / 255), ((0, 0), (2, 2), (2, 2)))
+    np.testing.assert_array_equal(out[..., 0], expected)
+
+
+def test_prepared_inputs_train_like_the_full_model_step_by_step():
+    """The loop's precomputed inputs + layers after "pad" == the whole model per batch."""
+    p = params(optimizer="adam", learning_rate=0.003, batch_size=32)
+    train, val = toy_data(96), toy_data(32, seed=1)
+    keras.utils.set_random_seed(0)
+    looped = compile_model(p, 3)
+    reference = compile_model(p, 3)
+    reference.set_weights(looped.get_weights())
+    CompiledLoop(looped, train, val, batch_size=32, seed=7).run_epoch()
+    reference.optimizer.build(reference.trainable_variables)
+    order = np.random.default_rng(7).permutation(len(train[0]))
+    for i in range(0, len(order), 32):
+        idx = order[i : i + 32]
+        with tf.GradientTape() as tape:
+            probs = reference(train[0][idx].astype("float32"), training=True)
+            loss = reference.loss(tf.one_hot(train[1][idx], 10), probs)
+        grads = tape.gradient(loss, reference.trainable_variables)
+        reference.optimizer.apply_gradients(zip(grads, reference.trainable_variables, strict=True))
+    for a, b in zip(looped.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(looped.get_weights()[0], compile_model(p, 3).get_weights()[0])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.model import build_lenet5, trainable_params_per_layer
+from pipeline.model import build_lenet5, train_flops_per_image, trainable_params_per_layer
 from pipeline.params import ModelParams
 
 
@@ -39,3 +39,18 @@ def test_takes_raw_pixels_and_returns_probabilities(cfg):
     conv = model.get_layer("C1")
     assert conv.activation.__name__ == cfg.activation
     assert type(model.get_layer("S2")).__name__.lower().startswith(cfg.pooling)
+
+
+@pytest.mark.parametrize(
+    ("padding", "macs"),
+    [
+        # multiply-adds per image: C1 out²·6·25, C3 out²·16·150, then the dense layers
+        (2, {"C1": 28 * 28 * 150, "C3": 10 * 10 * 2400, "C5": 48000, "F6": 10080, "output": 840}),
+        (0, {"C1": 24 * 24 * 150, "C3": 8 * 8 * 2400, "C5": 30720, "F6": 10080, "output": 840}),
+    ],
+)
+def test_training_flops_count_forward_and_both_gradients(padding, macs):
+    flops = train_flops_per_image(build_lenet5(ModelParams(padding=padding)))
+    assert flops == {k: (4 if k == "C1" else 6) * m for k, m in macs.items()}
+    # about 2.26 MFLOP per image at 32×32 and 1.52 MFLOP at 28×28
+    assert sum(flops.values()) == {2: 2_263_920, 0: 1_517_040}[padding]
