@@ -2,6 +2,7 @@
 
 import io
 import json
+import subprocess
 import sys
 import time
 
@@ -56,7 +57,13 @@ def queued(smoke_project, tmp_path_factory):
         env,
     )  # fmt: skip
     try:
-        run(["dvc", "queue", "start", "-j", "2"], project, env)
+        # Not through a pipe: the workers DVC spawns inherit it, and reading it to its end
+        # would wait for the whole queue.
+        subprocess.run(
+            ["dvc", "queue", "start", "-j", "2"],
+            cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=120, check=True,
+        )  # fmt: skip
         deadline = time.monotonic() + 900
         while _queue_busy(project) and time.monotonic() < deadline:
             time.sleep(3)
