@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.loop import augmenter
 from pipeline.params import Params, parse_params
-from pipeline.train import TrainingDiverged, compile_model, fit
+from pipeline.training import TrainingDiverged, compile_model, fit
 
 
 def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
