@@ -8,6 +8,7 @@ impossible values raise :class:`ParamsError` with a message that names the key, 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -256,6 +257,9 @@ def _build_tune(raw: Any) -> TuneParams:
     if not isinstance(space, dict):
         raise ParamsError(f"tune.space: expected a mapping of params keys, got {space!r}")
     tune = _build(TuneParams, {k: v for k, v in raw.items() if k != "space"}, "tune")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", tune.study):
+        # It names the DVC experiment of the best trial: a git ref name, no spaces.
+        raise ParamsError(f"tune.study: letters, digits, '.', '_' and '-' only, got {tune.study!r}")
     dims = tuple(_dimension(key, spec) for key, spec in space.items())
     return dataclasses.replace(tune, space=dims)
 

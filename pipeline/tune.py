@@ -363,11 +363,11 @@ class Worker:
             state, status = TrialState.PRUNED, "FINISHED"
             log.info("trial %d pruned: %s", trial.number, e)
         except KeyboardInterrupt:
-            trial.set_user_attr(_FAILURE_ATTR, "interrupted")
+            _set_attr(trial, _FAILURE_ATTR, "interrupted")
             status = "KILLED"
             raise
         except Exception as e:
-            trial.set_user_attr(_FAILURE_ATTR, "error")  # counts: rerunning would fail again
+            _set_attr(trial, _FAILURE_ATTR, "error")  # counts: rerunning would fail again
             log.warning("trial %d failed: %s", trial.number, str(e).splitlines()[0][:300])
             if not isinstance(e, PipelineError):
                 raise
@@ -375,7 +375,14 @@ class Worker:
             self.trial_epochs += report.epochs
             tracking.set_tags({"optuna.state": state.name})
             tracking.end_run(status)
-            self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+            told = self.study.tell(
+                trial,
+                value if state == TrialState.COMPLETE else None,
+                state=state,
+                skip_if_finished=True,
+            )
+            if told.state != state:  # its heartbeat was missed: another worker failed it
+                log.warning("trial %d was already marked %s", trial.number, told.state.name)
 
     def finish(self) -> dict[str, Any] | None:
         """Summarise the study on the parent run; the best trial (None if none completed)."""
@@ -411,7 +418,10 @@ class _Heartbeat:
 
     def _beat(self) -> None:
         while not self.stop.wait(self.interval_s):
-            self.storage.record_heartbeat(self.trial_id)
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as e:  # a storage hiccup: keep beating, the next may pass
+                log.warning("heartbeat of trial id %d failed: %s", self.trial_id, e)
 
     def __enter__(self) -> None:
         self.thread.start()
@@ -469,6 +479,12 @@ def best_summary(study: Any, best: Any, params: Params) -> dict[str, Any]:
         "params": {**run_params, **pinned},
         "command": exp_command(name, {**run_params, **pinned}),
     }
+
+
+def _set_attr(trial: optuna.Trial, key: str, value: Any) -> None:
+    """Set a user attribute unless another worker already failed the trial."""
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        trial.set_user_attr(key, value)
 
 
 def _check_same_base(study: str, stored: dict[str, Any], now: dict[str, Any]) -> None:

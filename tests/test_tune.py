@@ -42,6 +42,7 @@ def raw_params() -> dict:
         ({"n_trail": 5}, "tune.n_trail: unknown key"),
         ({"pruner": "asha"}, "tune.pruner: expected one of 'median', 'hyperband', 'none'"),
         ({"n_trials": 0}, "tune.n_trials: must be >= 1"),
+        ({"study": "my sweep"}, "tune.study: letters, digits"),
         (
             {"space": {"train.learning_rate": {"low": 0.1, "high": 0.01}}},
             "tune.space.train.learning_rate: low (0.1) > high (0.01)",
