@@ -155,7 +155,7 @@ class Pipeline:
 
     def __init__(self, data: dict, loop: str, padding: int) -> None:
         from pipeline.params import load_params
-        from pipeline.train import compile_model
+        from pipeline.training import compile_model
 
         params = load_params(ROOT / "params.yaml")
         params = dataclasses.replace(
@@ -182,7 +182,7 @@ class Pipeline:
         if self.cfg.loop == "compiled":
             self.loop.run_epoch()
         else:
-            from pipeline.train import fit
+            from pipeline.training import fit
 
             fit(
                 self.model,
@@ -423,7 +423,7 @@ def bench_accuracy(data: dict, names: list[str] | None) -> list[dict]:
 
     from pipeline.loop import CompiledLoop, augmenter
     from pipeline.params import parse_params
-    from pipeline.train import compile_model, make_deterministic
+    from pipeline.training import compile_model, make_deterministic
 
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     recipes = yaml.safe_load(RECIPES.read_text())

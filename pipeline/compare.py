@@ -1,6 +1,7 @@
-"""``python -m pipeline.compare``: finished runs side by side, best test_accuracy first.
+"""``python -m pipeline.compare``: finished runs side by side, ranked as register ranks them.
 
-Columns: run name, DVC experiment, key params, best val_accuracy, test metrics, duration,
+Columns: run name, DVC experiment, key params, the final and best val_accuracy, val_loss,
+test metrics, duration,
 and a star on the run whose model is the current champion. ``--format md|csv`` for
 reports; ``--all`` also lists failed, killed and unfinished runs.
 """
@@ -29,11 +30,14 @@ PARAMS = [
     "train.epochs",
     "train.max_samples",
 ]
-METRICS = ["best_val_accuracy", "test_accuracy", "test_loss"]
+METRICS = ["val_accuracy", "val_loss", "best_val_accuracy", "test_accuracy", "test_loss"]
 
 
-def comparison_table(runs: pd.DataFrame, champion_run_id: str | None) -> pd.DataFrame:
-    """One row per run from ``mlflow.search_runs`` output, sorted by test_accuracy."""
+def comparison_table(
+    runs: pd.DataFrame, champion_run_id: str | None, metric: str = "val_accuracy"
+) -> pd.DataFrame:
+    """One row per run from ``mlflow.search_runs`` output, best ``metric`` first (then its
+    loss), as register ranks them."""
 
     def column(name: str) -> pd.Series:
         return runs[name] if name in runs else pd.Series([None] * len(runs), index=runs.index)
@@ -51,7 +55,10 @@ def comparison_table(runs: pd.DataFrame, champion_run_id: str | None) -> pd.Data
         }
     )
     return table.sort_values(
-        ["test_accuracy", "test_loss"], ascending=[False, True], na_position="last", kind="stable"
+        [metric, metric.replace("accuracy", "loss")],
+        ascending=[False, True],
+        na_position="last",
+        kind="stable",
     ).reset_index(drop=True)
 
 
@@ -76,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info("no runs yet in experiment %s", params.tracking.experiment)
         return
     champion = tracking.alias_target(params.register.model_name, params.register.alias)
-    table = comparison_table(runs, champion.run_id if champion else None).head(args.limit)
+    champion_id = champion.run_id if champion else None
+    table = comparison_table(runs, champion_id, params.register.metric).head(args.limit)
     sys.stdout.write(render(table, args.format))
 
 

@@ -8,6 +8,7 @@ impossible values raise :class:`ParamsError` with a message that names the key, 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ class TrainParams:
     epochs: int = field(default=30, metadata=_range(1, 10_000))
     seed: int = field(default=42, metadata=_range(0))
     max_samples: int | None = field(default=None, metadata=_range(1))  # null = all
+    # TensorFlow intra/inter-op threads (null = TF's default, all cores). On CPU the sums
+    # depend on it in the last bits, so a sweep trial and its rerun must use the same.
+    threads: int | None = field(default=None, metadata=_range(1, 1024))
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,42 @@ class TrackingParams:
 class RegisterParams:
     model_name: str = "lenet5-mnist"
     alias: str = "champion"
+    # What ranks the runs: the final model's val_accuracy (ties: lower val_loss), so the
+    # test split stays a fair estimate; test_accuracy (ties: test_loss) is the old rule.
+    metric: Literal["val_accuracy", "test_accuracy"] = "val_accuracy"
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched param: a ``low``..``high`` range (``log``: sampled on a log scale) or
+    a list of ``choices``, each a valid value of the param ``key`` (``train.batch_size``)."""
+
+    key: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = None
+
+
+# Params a sweep may not search: tune.epochs sets the epochs of every trial.
+_NOT_SEARCHABLE = {"train.epochs": "set by tune.epochs"}
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """``python -m pipeline.tune``: an Optuna study of train/model params on val_accuracy."""
+
+    study: str = "lenet5-sweep"
+    n_trials: int = field(default=20, metadata=_range(1, 100_000))  # the whole study's budget
+    timeout_s: float | None = field(default=None, metadata=_range(0, lo_open=True))  # per run
+    epochs: int = field(default=6, metadata=_range(1, 10_000))  # per trial
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = field(default=42, metadata=_range(0))
+    startup_trials: int = field(default=5, metadata=_range(0))  # tpe: random trials first
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner_startup_trials: int = field(default=3, metadata=_range(0))  # median: finished first
+    pruner_warmup_epochs: int = field(default=1, metadata=_range(0))  # median: never before
+    space: tuple[Dimension, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,12 +141,15 @@ class Params:
     evaluate: EvaluateParams
     tracking: TrackingParams
     register: RegisterParams
+    tune: TuneParams = TuneParams()
 
     def flat(self) -> dict[str, Any]:
         """All params as ``{"train.learning_rate": 0.01, ...}`` (for MLflow)."""
         out: dict[str, Any] = {}
         for section in dataclasses.fields(self):
             for key, value in dataclasses.asdict(getattr(self, section.name)).items():
+                if section.name == "tune" and key == "space":
+                    value = ",".join(d["key"] for d in value)  # the searched keys
                 out[f"{section.name}.{key}"] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -208,6 +251,67 @@ def _validate(p: Params) -> None:
         raise ParamsError("register: model_name and alias must not be empty")
 
 
+def _build_tune(raw: Any) -> TuneParams:
+    """The tune section; ``space`` maps params keys to a range or choices (see Dimension)."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"tune: expected a mapping of keys, got {raw!r}")
+    space = raw.get("space") or {}
+    if not isinstance(space, dict):
+        raise ParamsError(f"tune.space: expected a mapping of params keys, got {space!r}")
+    tune = _build(TuneParams, {k: v for k, v in raw.items() if k != "space"}, "tune")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", tune.study):
+        # It names the DVC experiment of the best trial: a git ref name, no spaces.
+        raise ParamsError(f"tune.study: letters, digits, '.', '_' and '-' only, got {tune.study!r}")
+    dims = tuple(_dimension(key, spec) for key, spec in space.items())
+    return dataclasses.replace(tune, space=dims)
+
+
+def _dimension(key: Any, spec: Any) -> Dimension:
+    """Check one searched param against the field it sets; every value must be valid."""
+    where = f"tune.space.{key}"
+    section, _, name = str(key).partition(".")
+    cls = {"model": ModelParams, "train": TrainParams}.get(section)
+    fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+    if name not in fields:
+        raise ParamsError(f"{where}: not a train or model param")
+    if key in _NOT_SEARCHABLE:
+        raise ParamsError(f"{where}: cannot be searched ({_NOT_SEARCHABLE[key]})")
+    tp, meta = typing.get_type_hints(cls)[name], fields[name].metadata
+    if not isinstance(spec, dict):
+        raise ParamsError(f"{where}: expected {{low, high[, log]}} or {{choices}}, got {spec!r}")
+    unknown = sorted(set(spec) - {"low", "high", "log", "choices"})
+    if unknown:
+        raise ParamsError(f"{where}.{unknown[0]}: unknown key (known: low, high, log, choices)")
+
+    def valid(value: Any, at: str) -> Any:
+        value = _coerce(value, tp, at)
+        _check_range(value, meta, at)
+        return value
+
+    if "choices" in spec:
+        if set(spec) != {"choices"}:
+            raise ParamsError(f"{where}: choices cannot be combined with low/high/log")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ParamsError(f"{where}.choices: expected a non-empty list, got {choices!r}")
+        values = tuple(valid(c, f"{where}.choices[{i}]") for i, c in enumerate(choices))
+        return Dimension(str(key), choices=values)
+    if "low" not in spec or "high" not in spec:
+        raise ParamsError(f"{where}: needs both low and high, or choices")
+    number = next((t for t in (int, float) if tp is t or t in typing.get_args(tp)), None)
+    if number is None:
+        raise ParamsError(f"{where}: {_type_name(tp)} has no range; use choices")
+    low, high = (valid(spec[b], f"{where}.{b}") for b in ("low", "high"))
+    if low is None or high is None:
+        raise ParamsError(f"{where}: low and high must be numbers")
+    if low > high:
+        raise ParamsError(f"{where}: low ({low!r}) > high ({high!r})")
+    log = _coerce(spec.get("log", False), bool, f"{where}.log")
+    if log and low <= 0:
+        raise ParamsError(f"{where}.low: must be > 0 with log: true, got {low!r}")
+    return Dimension(str(key), low=low, high=high, log=log)
+
+
 def parse_params(raw: Any) -> Params:
     """Validate a parsed params.yaml mapping (keys with defaults may be omitted)."""
     if not isinstance(raw, dict):
@@ -219,7 +323,8 @@ def parse_params(raw: Any) -> Params:
         raise ParamsError(f"{unknown[0]}: unknown section (known: {', '.join(names)})")
     if "download" not in raw:
         raise ParamsError("download: required section is missing")
-    params = Params(**{n: _build(hints[n], raw.get(n) or {}, n) for n in names})
+    sections = {n: _build(hints[n], raw.get(n) or {}, n) for n in names if n != "tune"}
+    params = Params(**sections, tune=_build_tune(raw.get("tune") or {}))
     _validate(params)
     return params
 

@@ -1,9 +1,15 @@
 """Stage ``register``: make the best finished run the ``@champion`` of the registered model.
 
-- best run = highest test_accuracy, then lower test_loss, then newer (``mlflow.search_runs``);
+- candidates: full pipeline runs only (FINISHED, evaluated, with a logged model), so sweep
+  trials, which have neither, never compete;
+- best run = highest ``register.metric`` of the final model (default ``val_accuracy``), then
+  the lower matching loss (``val_loss``), then newer. Chosen on validation, the test split
+  stays an unbiased estimate of the champion: picking the best of many runs *on the test
+  set* would make its test accuracy optimistic. The test metrics are reported, not used;
 - registers its model as a new version only if that run has none yet (idempotent);
 - moves the alias only when the best version is strictly better than the current champion;
-- writes data/register/champion.json (name, version, run id, test_accuracy).
+- writes data/register/champion.json (name, version, run id, the ranking metric and the
+  test metrics).
 """
 
 from __future__ import annotations
@@ -27,21 +33,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def rank_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Candidates best first: with a logged model; accuracy desc, loss asc, newest first."""
+def loss_of(metric: str) -> str:
+    """The tie-breaking loss of an accuracy metric: val_accuracy -> val_loss."""
+    return metric.replace("accuracy", "loss")
+
+
+def rank_runs(runs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
+    """Candidates best first: with a logged model; ``metric`` desc, its loss asc, newest."""
     ok = runs[runs[f"tags.{tracking.MODEL_URI_TAG}"].notna()]
+    keys = [f"metrics.{metric}", f"metrics.{loss_of(metric)}"]
+    ok = ok.assign(**{k: ok[k] if k in ok else float("nan") for k in keys})
     return ok.sort_values(
-        ["metrics.test_accuracy", "metrics.test_loss", "start_time"],
+        [*keys, "start_time"],
         ascending=[False, True, False],
         na_position="last",
         kind="stable",
     )
 
 
-def score(metrics: dict[str, float]) -> tuple[float, float]:
-    """Comparable key: higher is better (accuracy first, then lower loss)."""
-    loss = metrics.get("test_loss")
-    return (metrics.get("test_accuracy", -1.0), -loss if loss is not None else float("-inf"))
+def score(metrics: dict[str, float], metric: str = "val_accuracy") -> tuple[float, float]:
+    """Comparable key: higher is better (``metric`` first, then the lower matching loss)."""
+    loss = metrics.get(loss_of(metric))
+    return (metrics.get(metric, -1.0), -loss if loss is not None else float("-inf"))
 
 
 def lineage_tags(run: Run) -> dict[str, str]:
@@ -56,9 +69,9 @@ def lineage_tags(run: Run) -> dict[str, str]:
 
 def main() -> None:
     params = load_params()
-    name, alias = params.register.model_name, params.register.alias
+    name, alias, metric = params.register.model_name, params.register.alias, params.register.metric
     experiment_id = tracking.connect(params.tracking.experiment)
-    ranked = rank_runs(tracking.finished_runs(experiment_id))
+    ranked = rank_runs(tracking.finished_runs(experiment_id), metric)
     if ranked.empty:
         raise PipelineError("no finished run with test metrics and a model to register")
     best = ranked.iloc[0]
@@ -75,13 +88,19 @@ def main() -> None:
 
     current = tracking.alias_target(name, alias)
     current_run = tracking.get_run(current.run_id) if current else None
-    best_score = score(run_obj.data.metrics)
+    best_score = score(run_obj.data.metrics, metric)
     if current is not None and current.version == version.version:
         log.info("%s@%s already is version %s", name, alias, version.version)
-    elif current_run is None or best_score > score(current_run.data.metrics):
+    elif current_run is None or best_score > score(current_run.data.metrics, metric):
         tracking.set_alias(name, alias, version.version)
         log.info(
-            "%s@%s -> version %s (test_accuracy %.4f)", name, alias, version.version, best_score[0]
+            "%s@%s -> version %s (%s %.4f; test_accuracy %.4f, reported, not used)",
+            name,
+            alias,
+            version.version,
+            metric,
+            best_score[0],
+            run_obj.data.metrics.get("test_accuracy", float("nan")),
         )
     else:
         log.info(
@@ -99,7 +118,11 @@ def main() -> None:
             "alias": alias,
             "version": int(version.version),
             "run_id": version.run_id,
+            "ranked_by": metric,
+            "val_accuracy": run_obj.data.metrics.get("val_accuracy"),
+            "val_loss": run_obj.data.metrics.get("val_loss"),
             "test_accuracy": run_obj.data.metrics.get("test_accuracy"),
+            "test_loss": run_obj.data.metrics.get("test_loss"),
         },
     )
 

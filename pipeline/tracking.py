@@ -455,3 +455,83 @@ def get_run(run_id: str) -> Run | None:
         return _client().get_run(run_id)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+# --- Sweeps (pipeline.tune): a parent run per study, one nested run per trial -----------
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI folds children)
+
+
+def create_run(experiment_id: str, run_name: str, tags: Mapping[str, str]) -> str:
+    """A new RUNNING run that is not made active here (e.g. a sweep's parent run)."""
+    import mlflow
+
+    try:
+        run = _client().create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot create MLflow run {run_name}: {_first_line(e)}") from None
+    return run.info.run_id
+
+
+def start_child_run(
+    experiment_id: str, parent_run_id: str, run_name: str, tags: Mapping[str, str]
+) -> str:
+    """Start (make active) a run nested under ``parent_run_id``; end it with end_run()."""
+    import mlflow
+
+    try:
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags={**tags, PARENT_TAG: parent_run_id},
+        )
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot start MLflow run: {_first_line(e)}") from None
+    return run.info.run_id
+
+
+def end_run(status: str) -> None:
+    """End the active run as FINISHED, FAILED or KILLED (a failing store only warns)."""
+    import mlflow
+
+    try:
+        mlflow.end_run(status=status)
+    except Exception as e:
+        log.warning("could not mark the MLflow run %s: %s", status, _first_line(e))
+
+
+def set_tags(tags: Mapping[str, str], run_id: str | None = None) -> None:
+    """Tag the active run, or ``run_id`` when given."""
+    import mlflow
+
+    if run_id is None:
+        mlflow.set_tags(dict(tags))
+        return
+    for key, value in tags.items():
+        _client().set_tag(run_id, key, value)
+
+
+def log_metrics_to(run_id: str, metrics: Mapping[str, float]) -> None:
+    """Log metrics to a run that is not the active one (a sweep's parent)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    _client().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def terminate(run_id: str, status: str) -> None:
+    """Mark a run that is not the active one FINISHED, FAILED or KILLED (e.g. a trial whose
+    worker died: the worker that notices it ends the dead worker's run)."""
+    import mlflow
+
+    try:
+        _client().set_terminated(run_id, status)
+    except mlflow.exceptions.MlflowException as e:
+        log.warning("could not mark run %s %s: %s", run_id, status, _first_line(e))
+
+
+def set_running(run_id: str) -> None:
+    """Reopen a run (a resumed sweep's parent)."""
+    _client().update_run(run_id, status="RUNNING")

@@ -12,14 +12,11 @@ import math
 import time
 
 import keras
-import numpy as np
-import pandas as pd
 import tensorflow as tf
 
-from pipeline import loop, plots, tracking
+from pipeline import plots, tracking
 from pipeline.cli import run
 from pipeline.data import atomic_write, file_md5, load_split, write_json
-from pipeline.errors import PipelineError
 from pipeline.layout import (
     CURVES_FILE,
     HISTORY_FILE,
@@ -28,123 +25,21 @@ from pipeline.layout import (
     RUN_FILE,
     TRAIN_METRICS_FILE,
 )
-from pipeline.model import build_lenet5
-from pipeline.params import Params, TrainParams, load_params
+from pipeline.params import load_params
+from pipeline.training import compile_model, fit, make_deterministic, set_threads, train_split
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(PipelineError):
-    """The loss became NaN or infinite."""
-
-
-def make_deterministic(seed: int) -> None:
-    """Same params + same data -> same weights, to the last digit (on CPU)."""
-    keras.config.disable_interactive_logging()  # one line per epoch, no progress bars in logs
-    keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow
-    tf.config.experimental.enable_op_determinism()
-
-
-def learning_rate(
-    cfg: TrainParams, steps_per_epoch: int
-) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """The constant rate, or a Keras schedule stepped per batch."""
-    lr, sched = cfg.learning_rate, keras.optimizers.schedules
-    if cfg.lr_schedule == "cosine":
-        warmup = int(cfg.warmup_epochs * steps_per_epoch)
-        total = cfg.epochs * steps_per_epoch
-        if warmup:
-            return sched.CosineDecay(
-                0.0, max(1, total - warmup), warmup_target=lr, warmup_steps=warmup
-            )
-        return sched.CosineDecay(lr, total)
-    if cfg.lr_schedule in ("exponential", "step"):
-        return sched.ExponentialDecay(
-            lr,
-            max(1, int(cfg.lr_decay_epochs * steps_per_epoch)),
-            cfg.lr_decay_rate,
-            staircase=cfg.lr_schedule == "step",
-        )
-    return lr
-
-
-def make_optimizer(cfg: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    lr = learning_rate(cfg, steps_per_epoch)
-    if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
-    if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
-    return keras.optimizers.RMSprop(lr, momentum=cfg.momentum)
-
-
-def compile_model(params: Params, steps_per_epoch: int) -> keras.Sequential:
-    model = build_lenet5(params.model)
-    model.compile(
-        optimizer=make_optimizer(params.train, steps_per_epoch),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.train.label_smoothing),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-def fit(
-    model: keras.Model,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-    cfg: TrainParams,
-    callbacks: list[keras.callbacks.Callback],
-) -> pd.DataFrame:
-    """Train; return the per-epoch history (epoch, loss, accuracy, val_loss, val_accuracy).
-
-    Raises TrainingDiverged when the loss stops being finite.
-    """
-    if cfg.loop == "compiled":
-        augment = loop.augmenter(cfg.augment_shift, cfg.augment_rotate, cfg.seed)
-        hist = loop.fit_compiled(
-            model,
-            train,
-            val,
-            batch_size=cfg.batch_size,
-            epochs=cfg.epochs,
-            seed=cfg.seed,
-            augment=augment,
-            callbacks=callbacks,
-        )
-    else:
-        one_hot = lambda y: keras.utils.to_categorical(y, 10)  # noqa: E731
-        hist = model.fit(
-            train[0],
-            one_hot(train[1]),
-            validation_data=(val[0], one_hot(val[1])),
-            batch_size=cfg.batch_size,
-            epochs=cfg.epochs,
-            shuffle=True,
-            verbose=2,
-            callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks],
-        ).history
-    history = pd.DataFrame(hist)[["loss", "accuracy", "val_loss", "val_accuracy"]]
-    history.insert(0, "epoch", np.arange(1, len(history) + 1))
-    losses = history["loss"].to_numpy()
-    if len(history) == 0 or not np.isfinite(losses).all():
-        bad = int(history["epoch"][~np.isfinite(losses)].min()) if len(history) else 1
-        raise TrainingDiverged(
-            f"training diverged: loss is not finite at epoch {bad} (lower train.learning_rate?)"
-        )
-    return history
 
 
 def main() -> None:
     params = load_params()
     cfg = params.train
+    set_threads(cfg.threads)
     make_deterministic(cfg.seed)
     experiment_id = tracking.connect(params.tracking.experiment)  # fail before training
 
-    x_train, y_train = load_split("train")
+    x_train, y_train = train_split(cfg)
     val = load_split("val")
-    if cfg.max_samples is not None:
-        x_train, y_train = x_train[: cfg.max_samples], y_train[: cfg.max_samples]
     steps = math.ceil(len(x_train) / cfg.batch_size)
     model = compile_model(params, steps)
     md5 = {s: file_md5(PREPARED_DIR / f"{s}.npz") for s in ("train", "val", "test")}

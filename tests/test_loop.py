@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from pipeline.loop import CompiledLoop, _call, augmenter, split_inputs
 from pipeline.params import Params, parse_params
-from pipeline.train import TrainingDiverged, compile_model, fit
+from pipeline.training import TrainingDiverged, compile_model, fit
 
 
 def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pipeline.register import rank_runs, score
-from tests.conftest import clone_of, mlflow_client, run, stage_env
+from tests.conftest import clone_of, mlflow_client, run, set_params, stage_env
 
 pytestmark = pytest.mark.slow
 NAME = "lenet5-mnist"
@@ -24,9 +24,28 @@ def test_rank_runs_orders_by_accuracy_then_loss_then_newest():
             "tags.model.uri": ["m-a", "m-b", "m-c", "m-d", None],  # e has no model
         }
     )
-    assert rank_runs(runs)["run_id"].tolist() == ["d", "c", "b", "a"]
-    assert score({"test_accuracy": 0.99, "test_loss": 0.03}) > score(
-        {"test_accuracy": 0.99, "test_loss": 0.04}
+    assert rank_runs(runs, "test_accuracy")["run_id"].tolist() == ["d", "c", "b", "a"]
+    assert score({"test_accuracy": 0.99, "test_loss": 0.03}, "test_accuracy") > score(
+        {"test_accuracy": 0.99, "test_loss": 0.04}, "test_accuracy"
+    )
+
+
+def test_rank_runs_on_validation_by_default_and_val_loss_breaks_ties():
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "metrics.val_accuracy": [0.990, 0.992, 0.992],
+            "metrics.val_loss": [0.03, 0.05, 0.04],
+            "metrics.test_accuracy": [0.995, 0.980, 0.981],  # a: best on test, ignored
+            "metrics.test_loss": [0.01, 0.09, 0.08],
+            "start_time": [t, t, t],
+            "tags.model.uri": ["m-a", "m-b", "m-c"],
+        }
+    )
+    assert rank_runs(runs)["run_id"].tolist() == ["c", "b", "a"]
+    assert score({"val_accuracy": 0.99, "test_accuracy": 0.5}) > score(
+        {"val_accuracy": 0.98, "test_accuracy": 0.9}
     )
 
 
@@ -128,3 +147,38 @@ def test_alias_on_a_deleted_version_is_repaired(smoke_project, tmp_path):
     fixed = client.get_model_version_by_alias(NAME, "champion")
     assert fixed.run_id == champion.run_id and fixed.version != champion.version
     assert "registered run" in proc.stderr
+
+
+def test_champion_is_chosen_on_validation_not_test(smoke_project, tmp_path):
+    """Of two full runs, the better validation accuracy wins although the other one has the
+    better test accuracy; the test accuracy is only reported."""
+    project = clone_of(smoke_project, tmp_path)
+    client = mlflow_client(project)
+    old = client.get_run(client.get_model_version_by_alias(NAME, "champion").run_id)
+    val, test = old.data.metrics["val_accuracy"], old.data.metrics["test_accuracy"]
+    exp = old.info.experiment_id
+    # A second full pipeline run (its own logged model, evaluated): better on validation,
+    # worse on test.
+    rival_id = client.create_run(exp).info.run_id
+    model = client.create_logged_model(exp, name="model", source_run_id=rival_id)
+    client.finalize_logged_model(model.model_id, "READY")
+    client.set_tag(rival_id, "model.uri", f"models:/{model.model_id}")
+    for key, value in {
+        "val_accuracy": val + 0.01,
+        "val_loss": old.data.metrics["val_loss"],
+        "test_accuracy": test - 0.05,
+        "test_loss": old.data.metrics["test_loss"] + 1,
+    }.items():
+        client.log_metric(rival_id, key, value)
+    client.set_terminated(rival_id, "FINISHED")
+    proc = _register(project)
+    assert client.get_model_version_by_alias(NAME, "champion").run_id == rival_id
+    out = json.loads((project / "data/register/champion.json").read_text())
+    assert out["run_id"] == rival_id and out["ranked_by"] == "val_accuracy"
+    assert out["test_accuracy"] == pytest.approx(test - 0.05)  # reported, not used
+    assert "reported, not used" in proc.stderr
+
+    # register.metric: test_accuracy restores the old rule: the first run wins back.
+    set_params(project, register__metric="test_accuracy")
+    _register(project)
+    assert client.get_model_version_by_alias(NAME, "champion").run_id == old.info.run_id

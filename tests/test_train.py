@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipeline.params import TrainParams
-from pipeline.train import learning_rate, make_optimizer
+from pipeline.training import learning_rate, make_optimizer
 from tests.conftest import (
     clone_of,
     mlflow_client,

@@ -1,0 +1,141 @@
+"""The training core shared by the train stage and sweep trials (pipeline.tune).
+
+Both build, compile and fit LeNet-5 through these functions on the same data slice with
+the same seed, so a sweep trial and ``dvc exp run`` with its params train identically.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from pipeline import loop
+from pipeline.data import load_split
+from pipeline.errors import PipelineError
+from pipeline.model import build_lenet5
+from pipeline.params import Params, TrainParams
+
+log = logging.getLogger(__name__)
+
+
+def set_threads(threads: int | None) -> None:
+    """TensorFlow's intra/inter-op thread pools (None: TF's default, all cores).
+
+    Must run before TensorFlow runs anything: the pools are fixed once it has.
+    """
+    if threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def train_split(cfg: TrainParams) -> tuple[np.ndarray, np.ndarray]:
+    """The prepared train split, cut to ``train.max_samples`` images when set."""
+    x, y = load_split("train")
+    if cfg.max_samples is not None:
+        x, y = x[: cfg.max_samples], y[: cfg.max_samples]
+    return x, y
+
+
+class TrainingDiverged(PipelineError):
+    """The loss became NaN or infinite."""
+
+
+def make_deterministic(seed: int) -> None:
+    """Same params + same data -> same weights, to the last digit (on CPU)."""
+    keras.config.disable_interactive_logging()  # one line per epoch, no progress bars in logs
+    keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow
+    tf.config.experimental.enable_op_determinism()
+
+
+def learning_rate(
+    cfg: TrainParams, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The constant rate, or a Keras schedule stepped per batch."""
+    lr, sched = cfg.learning_rate, keras.optimizers.schedules
+    if cfg.lr_schedule == "cosine":
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        total = cfg.epochs * steps_per_epoch
+        if warmup:
+            return sched.CosineDecay(
+                0.0, max(1, total - warmup), warmup_target=lr, warmup_steps=warmup
+            )
+        return sched.CosineDecay(lr, total)
+    if cfg.lr_schedule in ("exponential", "step"):
+        return sched.ExponentialDecay(
+            lr,
+            max(1, int(cfg.lr_decay_epochs * steps_per_epoch)),
+            cfg.lr_decay_rate,
+            staircase=cfg.lr_schedule == "step",
+        )
+    return lr
+
+
+def make_optimizer(cfg: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr = learning_rate(cfg, steps_per_epoch)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    return keras.optimizers.RMSprop(lr, momentum=cfg.momentum)
+
+
+def compile_model(params: Params, steps_per_epoch: int) -> keras.Sequential:
+    model = build_lenet5(params.model)
+    model.compile(
+        optimizer=make_optimizer(params.train, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.train.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def fit(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: TrainParams,
+    callbacks: list[keras.callbacks.Callback],
+) -> pd.DataFrame:
+    """Train; return the per-epoch history (epoch, loss, accuracy, val_loss, val_accuracy).
+
+    Raises TrainingDiverged when the loss stops being finite.
+    """
+    if cfg.loop == "compiled":
+        augment = loop.augmenter(cfg.augment_shift, cfg.augment_rotate, cfg.seed)
+        hist = loop.fit_compiled(
+            model,
+            train,
+            val,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            seed=cfg.seed,
+            augment=augment,
+            callbacks=callbacks,
+        )
+    else:
+        one_hot = lambda y: keras.utils.to_categorical(y, 10)  # noqa: E731
+        hist = model.fit(
+            train[0],
+            one_hot(train[1]),
+            validation_data=(val[0], one_hot(val[1])),
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            shuffle=True,
+            verbose=2,
+            callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks],
+        ).history
+    history = pd.DataFrame(hist)[["loss", "accuracy", "val_loss", "val_accuracy"]]
+    history.insert(0, "epoch", np.arange(1, len(history) + 1))
+    losses = history["loss"].to_numpy()
+    if len(history) == 0 or not np.isfinite(losses).all():
+        bad = int(history["epoch"][~np.isfinite(losses)].min()) if len(history) else 1
+        raise TrainingDiverged(
+            f"training diverged: loss is not finite at epoch {bad} (lower train.learning_rate?)"
+        )
+    return history
