@@ -45,10 +45,10 @@ def main() -> None:
     import keras
     import mlflow
 
-    from pipeline import loop, tracking
-    from pipeline.data import file_md5, load_split
-    from pipeline.model import build_lenet5
-    from pipeline.params import ModelParams
+    from pipeline.core import loop, tracking
+    from pipeline.core.data import file_md5, load_split
+    from pipeline.core.model import build_lenet5
+    from pipeline.core.params import ModelParams
 
     prepared = ROOT / "data/prepared"
     splits = {s: load_split(s, prepared) for s in ("train", "val", "test")}

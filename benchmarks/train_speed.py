@@ -12,7 +12,7 @@ Speed: on the same data in one process, alternates one epoch at a time
       the default 32×32, and
   (c) the same LeNet-5 recipe in PyTorch eager, 28×28 and 32×32, when torch is installed,
 and prints medians over the epochs after a warm-up: samples/s, and GFLOP/s as a share of
-the machine's FP32 peak (FLOPs: pipeline.model.train_flops_per_image; peak: fp32_peak).
+the machine's FP32 peak (FLOPs: pipeline.core.model.train_flops_per_image; peak: fp32_peak).
 Profile: one epoch of the pipeline's loop under the TensorFlow profiler, op time per
 layer, forward and backward. Overhead: a cold `dvc repro` split per
 stage and a no-op `dvc repro`, in a temporary copy of the project. Time to accuracy: wall
@@ -103,7 +103,7 @@ def fp32_peak(vector_bits: int, cores: int, ghz: float, fma_units: int = FMA_UNI
 
 def load_data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """train/val/test splits, made with `dvc repro preprocess` if they are missing."""
-    from pipeline.data import load_split
+    from pipeline.core.data import load_split
 
     prepared = ROOT / "data/prepared"
     if not (prepared / "test.npz").exists():
@@ -154,8 +154,8 @@ class Pipeline:
     """pipeline.train's own code path with the reference recipe from params.yaml."""
 
     def __init__(self, data: dict, loop: str, padding: int) -> None:
-        from pipeline.params import load_params
-        from pipeline.training import compile_model
+        from pipeline.core.params import load_params
+        from pipeline.core.training import compile_model
 
         params = load_params(ROOT / "params.yaml")
         params = dataclasses.replace(
@@ -168,7 +168,7 @@ class Pipeline:
         self.model = compile_model(params, steps_per_epoch=430)
         self.flops_per_image = _flops(padding)
         if loop == "compiled":
-            from pipeline.loop import CompiledLoop
+            from pipeline.core.loop import CompiledLoop
 
             self.loop = CompiledLoop(
                 self.model,
@@ -182,7 +182,7 @@ class Pipeline:
         if self.cfg.loop == "compiled":
             self.loop.run_epoch()
         else:
-            from pipeline.training import fit
+            from pipeline.core.training import fit
 
             fit(
                 self.model,
@@ -195,8 +195,8 @@ class Pipeline:
 
 def _flops(padding: int) -> int:
     """Training FLOPs per image of the pipeline's LeNet-5 (the other trainers' network)."""
-    from pipeline.model import build_lenet5, train_flops_per_image
-    from pipeline.params import ModelParams
+    from pipeline.core.model import build_lenet5, train_flops_per_image
+    from pipeline.core.params import ModelParams
 
     return sum(train_flops_per_image(build_lenet5(ModelParams(padding=padding))).values())
 
@@ -421,9 +421,9 @@ def bench_accuracy(data: dict, names: list[str] | None) -> list[dict]:
     """Per recipe: training seconds until test accuracy first reaches each threshold."""
     import keras
 
-    from pipeline.loop import CompiledLoop, augmenter
-    from pipeline.params import parse_params
-    from pipeline.training import compile_model, make_deterministic
+    from pipeline.core.loop import CompiledLoop, augmenter
+    from pipeline.core.params import parse_params
+    from pipeline.core.training import compile_model, make_deterministic
 
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     recipes = yaml.safe_load(RECIPES.read_text())

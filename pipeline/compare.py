@@ -14,9 +14,9 @@ import sys
 
 import pandas as pd
 
-from pipeline import tracking
-from pipeline.cli import run
-from pipeline.params import load_params
+from pipeline.core import tracking
+from pipeline.core.cli import run
+from pipeline.core.params import load_params
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from pipeline import layout
-from pipeline.cli import run
-from pipeline.errors import DataError, DownloadError
-from pipeline.params import load_params
+from pipeline.core import layout
+from pipeline.core.cli import run
+from pipeline.core.errors import DataError, DownloadError
+from pipeline.core.params import load_params
 
 log = logging.getLogger(__name__)
 

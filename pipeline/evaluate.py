@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pipeline import metrics, plots, tracking
-from pipeline.cli import run
-from pipeline.data import atomic_write, file_md5, load_split, write_json
-from pipeline.errors import DataError
-from pipeline.layout import (
+from pipeline.core import metrics, plots, tracking
+from pipeline.core.cli import run
+from pipeline.core.data import atomic_write, file_md5, load_split, write_json
+from pipeline.core.errors import DataError
+from pipeline.core.layout import (
     CONFUSION_FILE,
     EVAL_METRICS_FILE,
     MISCLASSIFIED_FILE,
@@ -30,7 +30,7 @@ from pipeline.layout import (
     PREPARED_DIR,
     RUN_FILE,
 )
-from pipeline.params import load_params
+from pipeline.core.params import load_params
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from pipeline import tracking
-from pipeline.cli import run
-from pipeline.errors import PipelineError
-from pipeline.params import load_params
+from pipeline.core import tracking
+from pipeline.core.cli import run
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import load_params
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

@@ -1,7 +1,7 @@
 """Classify digit images with the registered model: ``python -m pipeline.predict IMAGE ...``.
 
 Each image (PNG, JPEG, ...: a scan, a photo, a drawing) is normalized the way MNIST was
-made (:mod:`pipeline.imaging`), then the model registered in MLflow as
+made (:mod:`pipeline.core.imaging`), then the model registered in MLflow as
 ``register.model_name`` with alias ``register.alias`` (params.yaml) classifies them all in
 one batch. One line per image on stdout::
 
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import imaging, tracking
-from pipeline.cli import run
-from pipeline.errors import PipelineError
-from pipeline.params import load_params
+from pipeline.core import imaging, tracking
+from pipeline.core.cli import run
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import load_params
 
 log = logging.getLogger(__name__)
 

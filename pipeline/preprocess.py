@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import plots
-from pipeline.cli import run
-from pipeline.data import (
+from pipeline.core import plots
+from pipeline.core.cli import run
+from pipeline.core.data import (
     check_pair,
     class_counts,
     read_idx_gz,
@@ -22,8 +22,8 @@ from pipeline.data import (
     stratified_split,
     write_json,
 )
-from pipeline.layout import PREPARED_DIR, RAW_DIR, SAMPLES_FILE, SUMMARY_FILE
-from pipeline.params import PreprocessParams, load_params
+from pipeline.core.layout import PREPARED_DIR, RAW_DIR, SAMPLES_FILE, SUMMARY_FILE
+from pipeline.core.params import PreprocessParams, load_params
 
 log = logging.getLogger(__name__)
 

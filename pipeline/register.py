@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from pipeline import tracking
-from pipeline.cli import run
-from pipeline.data import write_json
-from pipeline.errors import PipelineError
-from pipeline.layout import CHAMPION_FILE
-from pipeline.params import load_params
+from pipeline.core import tracking
+from pipeline.core.cli import run
+from pipeline.core.data import write_json
+from pipeline.core.errors import PipelineError
+from pipeline.core.layout import CHAMPION_FILE
+from pipeline.core.params import load_params
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

@@ -14,10 +14,10 @@ import time
 import keras
 import tensorflow as tf
 
-from pipeline import plots, tracking
-from pipeline.cli import run
-from pipeline.data import atomic_write, file_md5, load_split, write_json
-from pipeline.layout import (
+from pipeline.core import plots, tracking
+from pipeline.core.cli import run
+from pipeline.core.data import atomic_write, file_md5, load_split, write_json
+from pipeline.core.layout import (
     CURVES_FILE,
     HISTORY_FILE,
     MODEL_FILE,
@@ -25,8 +25,8 @@ from pipeline.layout import (
     RUN_FILE,
     TRAIN_METRICS_FILE,
 )
-from pipeline.params import load_params
-from pipeline.training import compile_model, fit, make_deterministic, set_threads, train_split
+from pipeline.core.params import load_params
+from pipeline.core.training import compile_model, fit, make_deterministic, set_threads, train_split
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ workspace; SQLite serves one machine only, use a PostgreSQL URL across machines)
 - ``tune.n_trials`` is the budget of the whole study: a worker creates a trial only under a
   lock held across machines (a PostgreSQL advisory lock; a file lock for SQLite) after
   counting every trial, running ones included, so concurrent workers never overshoot.
-- A trial trains exactly as the train stage does (pipeline.training: same data slice, seed
+- A trial trains exactly as the train stage does (pipeline.core.training: same data slice, seed
   and ``tune.epochs`` epochs), reports ``val_accuracy`` each epoch to the pruner, and is
   an MLflow run nested under the sweep's parent run. The test split is never read.
 - Each running trial beats a heartbeat; a worker that dies (SIGKILL, lost machine) leaves
@@ -44,12 +44,12 @@ import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
-from pipeline import tracking
-from pipeline.cli import run
-from pipeline.data import PREPARED_DIR, atomic_write, file_md5, load_split
-from pipeline.errors import PipelineError
-from pipeline.params import Dimension, Params, TuneParams, load_params
-from pipeline.training import compile_model, fit, make_deterministic, set_threads, train_split
+from pipeline.core import tracking
+from pipeline.core.cli import run
+from pipeline.core.data import PREPARED_DIR, atomic_write, file_md5, load_split
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import Dimension, Params, TuneParams, load_params
+from pipeline.core.training import compile_model, fit, make_deterministic, set_threads, train_split
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.errors import DataError, DownloadError
 from pipeline.download import (
     MNIST_FILES,
     download_all,
@@ -28,7 +29,6 @@ from pipeline.download import (
     resolve_mirrors,
     verify_gz,
 )
-from pipeline.errors import DataError, DownloadError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "mnist"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.data import file_md5
+from pipeline.core.data import file_md5
 from tests.conftest import clone_of, mlflow_client, run, stage_env
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.data import file_md5
+from pipeline.core.data import file_md5
 from tests.conftest import clone_of, mlflow_client, run, set_params, stage_env
 
 pytestmark = pytest.mark.slow

@@ -89,9 +89,9 @@ def test_predicts_with_the_champion(workdir, mlflow_store, capsys):
     """An untrained LeNet-5 registered as champion: one line per image, nothing else on stdout."""
     import mlflow
 
-    from pipeline import tracking
-    from pipeline.model import build_lenet5
-    from pipeline.params import ModelParams
+    from pipeline.core import tracking
+    from pipeline.core.model import build_lenet5
+    from pipeline.core.params import ModelParams
 
     experiment_id = tracking.connect("lenet5-mnist")
     with tracking.active_run(experiment_id=experiment_id):

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import DataError
-from pipeline.params import PreprocessParams
+from pipeline.core.errors import DataError
+from pipeline.core.params import PreprocessParams
 from pipeline.preprocess import read_mnist, split_train_val, summarize
 from tests.idx_files import idx_bytes, write_mnist_like
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.errors import DownloadError
+from pipeline.core.tracking import redact
 from pipeline.download import resolve_mirrors
-from pipeline.errors import DownloadError
-from pipeline.tracking import redact
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted((ROOT / "pipeline").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
+SOURCES = sorted((ROOT / "pipeline").rglob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
 
 
 def calls(name: str):
@@ -69,7 +69,7 @@ def test_documented_servers_bind_to_loopback():
 
 
 def test_servers_started_by_tests_bind_to_loopback():
-    for path in (ROOT / "tests").glob("*.py"):
+    for path in (ROOT / "tests").rglob("*.py"):
         if path.name == "test_security.py":
             continue
         text = path.read_text()
@@ -88,3 +88,27 @@ def test_credentials_are_redacted():
     assert redact("http://alice:pw@host:5000/x") == "http://***@host:5000/x"
     assert redact("https://token@host") == "https://***@host"
     assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
+def test_only_the_tracking_module_imports_mlflow():
+    """Tracking in one place: stages and commands call pipeline.core.tracking, never MLflow."""
+    importers = set()
+    for path in (ROOT / "pipeline").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        typing_only = {  # `if TYPE_CHECKING:` imports are annotations, not calls
+            id(n)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and getattr(block.test, "id", "") == "TYPE_CHECKING"
+            for n in ast.walk(block)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
+                importers.add(path.relative_to(ROOT).as_posix())
+    assert importers == {"pipeline/core/tracking.py"}

@@ -13,7 +13,7 @@ from functools import partial
 
 import pytest
 
-from pipeline.data import file_md5
+from pipeline.core.data import file_md5
 from tests.conftest import clone_of, free_port, run, stage_env
 
 pytestmark = pytest.mark.slow

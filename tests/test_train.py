@@ -9,8 +9,8 @@ import time
 import pandas as pd
 import pytest
 
-from pipeline.params import TrainParams
-from pipeline.training import learning_rate, make_optimizer
+from pipeline.core.params import TrainParams
+from pipeline.core.training import learning_rate, make_optimizer
 from tests.conftest import (
     clone_of,
     mlflow_client,

@@ -12,7 +12,7 @@ import optuna
 import pytest
 import yaml
 
-from pipeline.params import ParamsError, parse_params
+from pipeline.core.params import ParamsError, parse_params
 from pipeline.tune import exp_command, storage_url
 from tests.conftest import ROOT, clone_of, mlflow_client, run, set_params, stage_env
 from tests.postgres import PASSWORD

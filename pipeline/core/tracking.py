@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # imported lazily at run time: MLflow and Keras take seconds 
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.pyfunc import PyFuncModel
 
-from pipeline.errors import TrackingError
+from pipeline.core.errors import TrackingError
 
 log = logging.getLogger(__name__)
 

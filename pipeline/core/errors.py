@@ -1,4 +1,4 @@
-"""The errors a stage reports as one line and a non-zero exit (see :mod:`pipeline.cli`)."""
+"""The errors a stage reports as one line and a non-zero exit (see :mod:`pipeline.core.cli`)."""
 
 
 class PipelineError(Exception):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.loop import CompiledLoop, _call, augmenter, split_inputs
-from pipeline.params import Params, parse_params
-from pipeline.training import TrainingDiverged, compile_model, fit
+from pipeline.core.loop import CompiledLoop, _call, augmenter, split_inputs
+from pipeline.core.params import Params, parse_params
+from pipeline.core.training import TrainingDiverged, compile_model, fit
 
 
 def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +78,7 @@ def test_augmenter_shifts_and_rotates_but_keeps_shape():
 
 
 def test_fit_loop_rejects_augmentation():
-    from pipeline.params import ParamsError
+    from pipeline.core.params import ParamsError
 
     with pytest.raises(ParamsError, match="train.loop: augmentation"):
         params(loop="fit", augment_shift=2)

@@ -3,7 +3,7 @@ import gzip
 import numpy as np
 import pytest
 
-from pipeline.data import (
+from pipeline.core.data import (
     check_pair,
     decode_idx,
     load_split,
@@ -11,7 +11,7 @@ from pipeline.data import (
     save_split,
     stratified_split,
 )
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 from tests.idx_files import idx_bytes
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import DataError
-from pipeline.layout import PREPARED_DIR
+from pipeline.core.errors import DataError
+from pipeline.core.layout import PREPARED_DIR
 
 SPLITS = ("train", "val", "test")
 

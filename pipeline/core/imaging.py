@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 SIDE = 28  # MNIST's field
 BOX = 20  # the longer side of the digit's box in that field

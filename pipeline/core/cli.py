@@ -8,8 +8,8 @@ import signal
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import PipelineError
-from pipeline.params import ParamsError
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import ParamsError
 
 log = logging.getLogger("pipeline")
 

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from pipeline.data import atomic_write  # noqa: E402
+from pipeline.core.data import atomic_write  # noqa: E402
 
 
 def save(fig: Figure, path: Path) -> None:

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipeline import loop
-from pipeline.data import load_split
-from pipeline.errors import PipelineError
-from pipeline.model import build_lenet5
-from pipeline.params import Params, TrainParams
+from pipeline.core import loop
+from pipeline.core.data import load_split
+from pipeline.core.errors import PipelineError
+from pipeline.core.model import build_lenet5
+from pipeline.core.params import Params, TrainParams
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pipeline.params import ModelParams
+from pipeline.core.params import ModelParams
 
 
 def build_lenet5(cfg: ModelParams) -> keras.Sequential:

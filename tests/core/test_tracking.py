@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.tracking import connect, dvc_tags, project_root, run_name, tracking_uri
+from pipeline.core.tracking import connect, dvc_tags, project_root, run_name, tracking_uri
 
 
 def test_project_root_of_a_dvc_temp_copy_is_the_main_workspace(tmp_path):

@@ -1,4 +1,4 @@
-"""pipeline.imaging: any PNG/JPEG -> MNIST's 28×28 form (20 px box, centre of mass at 14,14)."""
+"""pipeline.core.imaging: any PNG/JPEG -> MNIST's 28×28 form (20 px box, centred at 14,14)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pipeline import imaging
-from pipeline.data import read_idx_gz
-from pipeline.errors import DataError
+from pipeline.core import imaging
+from pipeline.core.data import read_idx_gz
+from pipeline.core.errors import DataError
 from tests.conftest import SHARED_MNIST
 
 W, H = 300, 200  # a "scan": landscape, much larger than 28×28

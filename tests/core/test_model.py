@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.model import build_lenet5, train_flops_per_image, trainable_params_per_layer
-from pipeline.params import ModelParams
+from pipeline.core.model import build_lenet5, train_flops_per_image, trainable_params_per_layer
+from pipeline.core.params import ModelParams
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.metrics import confusion, cross_entropy, per_class
+from pipeline.core.metrics import confusion, cross_entropy, per_class
 
 
 def test_confusion_rows_are_true_labels():
