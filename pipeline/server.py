@@ -161,6 +161,11 @@ def serve(host: str, port: int, workers: int, env: Mapping[str, str] = os.enviro
             # only signs out browser sessions.
             "MLFLOW_FLASK_SERVER_SECRET_KEY": env.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
             or secrets.token_hex(32),
+            # MLflow's job runner (GenAI scorers, prompt optimization: unused here) would
+            # start five more worker processes; set it to true to have them.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": env.get(
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"
+            ),
         }
         child_env.pop("MLFLOW_AUTH_ADMIN_PASSWORD_FILE", None)
         log.info(
