@@ -23,6 +23,7 @@ from pipeline.params import load_params
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,9 @@ def main() -> None:
     ranked = rank_runs(tracking.finished_runs(experiment_id))
     if ranked.empty:
         raise PipelineError("no finished run with test metrics and a model to register")
-    best = ranked.iloc[0]
+    best, version = pick(ranked, name, own_run_id())
     run_obj = tracking.get_run(best.run_id)
 
-    version = tracking.version_of_run(name, best.run_id)
     if version is None:
         version = tracking.register(
             best[f"tags.{tracking.MODEL_URI_TAG}"], name, lineage_tags(run_obj)
@@ -85,6 +85,7 @@ def main() -> None:
         log.info(
             "%s@%s -> version %s (test_accuracy %.4f)", name, alias, version.version, best_score[0]
         )
+        version, run_obj = settle_alias(name, alias, version, run_obj)
     else:
         log.info(
             "%s@%s stays at version %s: it is at least as good as version %s",
@@ -104,6 +105,61 @@ def main() -> None:
             "test_accuracy": run_obj.data.metrics.get("test_accuracy"),
         },
     )
+
+
+# --- Several machines registering at once (team server) -----------------------------------
+
+# A finished run of another working copy that has no version yet is left to that copy's own
+# register stage for this long, so two machines never register the same run twice.
+SETTLE_S = 120
+RUN_FILE = Path("data/train/run.json")  # the train stage's run id (pipeline.train.RUN_FILE)
+
+
+def own_run_id() -> str | None:
+    """The run this working copy trained, if any."""
+    try:
+        return json.loads(RUN_FILE.read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def pick(ranked: pd.DataFrame, name: str, own: str | None) -> tuple[pd.Series, ModelVersion | None]:
+    """The best candidate this process may register, and its version if it has one.
+
+    Skipped: another copy's run that finished less than SETTLE_S ago and has no version
+    (its own register stage is registering it right now).
+    """
+    now = pd.Timestamp.now(tz="UTC")
+    for _, candidate in ranked.iterrows():
+        version = tracking.version_of_run(name, candidate.run_id)
+        end = pd.Timestamp(candidate.end_time)
+        end = end.tz_localize("UTC") if end.tzinfo is None else end
+        fresh = pd.isna(end) or (now - end).total_seconds() < SETTLE_S
+        if version is not None or candidate.run_id == own or not fresh:
+            return candidate, version
+        log.info("run %s is left to its own register stage (finished just now)", candidate.run_id)
+    raise PipelineError("no finished run with test metrics and a model to register")
+
+
+def settle_alias(
+    name: str, alias: str, version: ModelVersion, run_obj: Run
+) -> tuple[ModelVersion, Run]:
+    """After moving the alias, point it at the best version in the registry.
+
+    Two machines may move it at the same moment, each from what it read before the other
+    wrote; whoever wrote last corrects it here, so the champion ends up the better one.
+    """
+    best = (score(run_obj.data.metrics), version, run_obj)
+    for other in tracking.model_versions(name):
+        other_run = tracking.get_run(other.run_id)
+        if other_run is not None and score(other_run.data.metrics) > best[0]:
+            best = (score(other_run.data.metrics), other, other_run)
+    current = tracking.alias_target(name, alias)
+    if current is None or current.version != best[1].version:
+        tracking.set_alias(name, alias, best[1].version)
+        log.info("%s@%s -> version %s (a better version appeared meanwhile)", name, alias,
+                 best[1].version)  # fmt: skip
+    return best[1], best[2]
 
 
 if __name__ == "__main__":

@@ -499,3 +499,13 @@ def add_user(
             log.info("%s: %s on %s %s", username, permission, kind, resource)
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"cannot set up user {username}: {_first_line(e)}") from None
+
+
+def model_versions(name: str) -> list[ModelVersion]:
+    """Every version of a registered model (none if it does not exist yet)."""
+    import mlflow
+
+    try:
+        return list(_client().search_model_versions(f"name = '{name}'"))
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot list the versions of {name}: {_first_line(e)}") from None
