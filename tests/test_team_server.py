@@ -6,11 +6,14 @@ One server per module (real PostgreSQL, real `mlflow server --app-name basic-aut
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,13 +134,40 @@ def team_server(postgres, tmp_path_factory, smoke_project):
     )
     srv = Server(server_cmd(port), work, env, f"{uri}/health")
     with srv:
-        for user, permission in PERMISSIONS.items():
-            (work / user).write_text(PASSWORDS[user] + "\n")
-            cmd = [sys.executable, "-m", "pipeline.server", "users", "add", user,
-                   "--permission", permission, "--password-file", str(work / user)]  # fmt: skip
-            run(cmd, smoke_project, client_env(uri, "admin"), timeout=120)
+        # alice through the documented command; the others as MLflow's client does it
+        # (the same calls, without starting Python twice more).
+        (work / "alice").write_text(PASSWORDS["alice"] + "\n")
+        cmd = [sys.executable, "-m", "pipeline.server", "users", "add", "alice",
+               "--permission", "edit", "--password-file", str(work / "alice")]  # fmt: skip
+        run(cmd, smoke_project, client_env(uri, "admin"), timeout=120)
+        with signed_in("admin"):
+            import mlflow
+            from mlflow.server import get_app_client
+
+            exp = mlflow.MlflowClient(uri).get_experiment_by_name("lenet5-mnist").experiment_id
+            accounts = get_app_client("basic-auth", tracking_uri=uri)
+            for user in ("bob", "rita"):
+                accounts.create_user(user, PASSWORDS[user])
+                for kind, resource in (("experiment", exp), ("registered_model", "lenet5-mnist")):
+                    accounts.grant_user_permission(user, kind, resource, PERMISSIONS[user].upper())
         srv.uri, srv.work = uri, work
         yield srv
+
+
+@contextlib.contextmanager
+def signed_in(user: str):
+    """MLflow clients in this process sign in as ``user`` (the environment is restored)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = PASSWORDS[user]
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def client_env(uri: str, user: str, password: str | None = None, **extra: str) -> dict:
@@ -249,7 +279,9 @@ def test_read_only_user_reads_but_cannot_register_or_move_the_alias(
     ]
     client.log_batch(better.info.run_id, metrics=metrics)
     client.set_tag(better.info.run_id, "model.uri", source.data.tags["model.uri"])
-    client.set_terminated(better.info.run_id, "FINISHED")
+    # Finished an hour ago: not another copy's fresh run that its own stage will register.
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    client.set_terminated(better.info.run_id, "FINISHED", end_time=hour_ago)
     try:
         proc = run([sys.executable, "-m", "pipeline.register"], project, reader, check=False)
         assert proc.returncode == 1, proc.stderr
