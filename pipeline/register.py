@@ -127,7 +127,7 @@ def pick(ranked: pd.DataFrame, name: str, own: str | None) -> tuple[pd.Series, M
     """The best candidate this process may register, and its version if it has one.
 
     Skipped: another copy's run that finished less than SETTLE_S ago and has no version
-    (its own register stage is registering it right now).
+    (its own register stage is registering it right now), unless every candidate is one.
     """
     now = pd.Timestamp.now(tz="UTC")
     for _, candidate in ranked.iterrows():
@@ -138,7 +138,9 @@ def pick(ranked: pd.DataFrame, name: str, own: str | None) -> tuple[pd.Series, M
         if version is not None or candidate.run_id == own or not fresh:
             return candidate, version
         log.info("run %s is left to its own register stage (finished just now)", candidate.run_id)
-    raise PipelineError("no finished run with test metrics and a model to register")
+    # Every candidate is another copy's fresh run (a register run by hand, no run of its
+    # own): register the best after all.
+    return ranked.iloc[0], None
 
 
 def settle_alias(

@@ -47,6 +47,10 @@ PERMISSIONS = ("read", "edit", "manage")
 # let any account read every experiment on the server.
 DEFAULT_PERMISSION = "NO_PERMISSIONS"
 DB_CONNECT_TIMEOUT_S = 5
+# MLflow checks the password's PBKDF2 hash on every request (0.7-1.3 s each on this
+# project's 2 shared cores): cache a good check this long per worker. The worker that
+# changes a password or deletes an account forgets it at once; the others within this time.
+AUTH_CACHE_TTL_S = 60
 
 
 class ServerError(PipelineError):
@@ -95,7 +99,12 @@ def check_database(uri: str, timeout_s: int = DB_CONNECT_TIMEOUT_S) -> None:
         ) from None
 
 
-def auth_config(database_uri: str, admin_username: str, default_permission: str) -> str:
+def auth_config(
+    database_uri: str,
+    admin_username: str,
+    default_permission: str,
+    cache_ttl_s: int = AUTH_CACHE_TTL_S,
+) -> str:
     """The basic-auth app's ini file (no admin password: that travels in the environment)."""
     # configparser interpolates '%' (a URL-encoded password has them): escape it.
     return (
@@ -104,6 +113,7 @@ def auth_config(database_uri: str, admin_username: str, default_permission: str)
         f"database_uri = {database_uri.replace('%', '%%')}\n"
         f"admin_username = {admin_username}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {cache_ttl_s}\n"
     )
 
 
@@ -141,6 +151,9 @@ def serve(host: str, port: int, workers: int, env: Mapping[str, str] = os.enviro
             "no admin password: set MLFLOW_AUTH_ADMIN_PASSWORD or MLFLOW_AUTH_ADMIN_PASSWORD_FILE"
         )
     default = env.get("MLFLOW_AUTH_DEFAULT_PERMISSION", "").strip() or DEFAULT_PERMISSION
+    ttl = env.get("MLFLOW_AUTH_CACHE_TTL_S", "").strip() or str(AUTH_CACHE_TTL_S)
+    if not ttl.isdigit():
+        raise ServerError(f"MLFLOW_AUTH_CACHE_TTL_S: expected seconds (0 = off), got {ttl!r}")
     for uri in dict.fromkeys((backend, auth_db)):
         check_database(uri)
 
@@ -149,7 +162,7 @@ def serve(host: str, port: int, workers: int, env: Mapping[str, str] = os.enviro
     private = Path(tempfile.mkdtemp(prefix="mlflow-auth-"))
     try:
         config = private / "basic_auth.ini"
-        write_private(config, auth_config(auth_db, admin, default))
+        write_private(config, auth_config(auth_db, admin, default, int(ttl)))
         child_env = {
             **env,
             "MLFLOW_BACKEND_STORE_URI": backend,

@@ -59,6 +59,7 @@ def no_secret_in(text: str) -> None:
 def test_auth_config_is_private_and_escapes_percent(tmp_path):
     text = team.auth_config("postgresql+psycopg2://u:p%40ss@h/db", "admin", "NO_PERMISSIONS")
     assert "p%%40ss" in text and "admin_password" not in text
+    assert "auth_cache_ttl_seconds = 60" in text  # one PBKDF2 check per minute, not per request
     team.write_private(tmp_path / "a.ini", text)
     assert stat.S_IMODE((tmp_path / "a.ini").stat().st_mode) == 0o600
 
@@ -90,6 +91,9 @@ def server_cmd(port: int) -> list[str]:
         ({"MLFLOW_BACKEND_STORE_URI": "postgresql://u:pw@127.0.0.1:1/x",
           "MLFLOW_ARTIFACTS_DESTINATION": "/tmp/a",
           "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": "/nonexistent/pw"}, "cannot read it"),
+        ({"MLFLOW_BACKEND_STORE_URI": "postgresql://u:pw@127.0.0.1:1/x",
+          "MLFLOW_ARTIFACTS_DESTINATION": "/tmp/a", "MLFLOW_AUTH_ADMIN_PASSWORD": "x",
+          "MLFLOW_AUTH_CACHE_TTL_S": "soon"}, "expected seconds"),
     ],
 )  # fmt: skip
 def test_server_refuses_an_incomplete_configuration(tmp_path, env, message):
