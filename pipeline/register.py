@@ -3,6 +3,8 @@
 - best run = highest test_accuracy, then lower test_loss, then newer (``mlflow.search_runs``);
 - registers its model as a new version only if that run has none yet (idempotent);
 - moves the alias only when the best version is strictly better than the current champion;
+- with several machines at once: another copy's just-finished run is left to that copy's
+  own register stage, and the alias is re-checked after a move (see ``pick``, ``settle_alias``);
 - writes data/register/champion.json (name, version, run id, test_accuracy).
 """
 
