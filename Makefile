@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands (`python -m pipeline.x`) must find the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test lint format clean
+.PHONY: setup repro test lint format clean server
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ repro: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The team's tracking server (PostgreSQL + accounts); see README "A shared tracking server".
+server: setup
+	$(BIN)/python -m pipeline.server $(SERVER_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

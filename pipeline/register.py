@@ -8,6 +8,8 @@
   set* would make its test accuracy optimistic. The test metrics are reported, not used;
 - registers its model as a new version only if that run has none yet (idempotent);
 - moves the alias only when the best version is strictly better than the current champion;
+- with several machines at once: another copy's just-finished run is left to that copy's
+  own register stage, and the alias is re-checked after a move (see ``pick``, ``settle_alias``);
 - writes data/register/champion.json (name, version, run id, the ranking metric and the
   test metrics).
 """
@@ -24,11 +26,12 @@ from pipeline.core import tracking
 from pipeline.core.cli import run
 from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError
-from pipeline.core.layout import CHAMPION_FILE
+from pipeline.core.layout import CHAMPION_FILE, RUN_FILE
 from pipeline.core.params import load_params
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +77,9 @@ def main() -> None:
     ranked = rank_runs(tracking.finished_runs(experiment_id), metric)
     if ranked.empty:
         raise PipelineError("no finished run with test metrics and a model to register")
-    best = ranked.iloc[0]
+    best, version = pick(ranked, name, own_run_id())
     run_obj = tracking.get_run(best.run_id)
 
-    version = tracking.version_of_run(name, best.run_id)
     if version is None:
         version = tracking.register(
             best[f"tags.{tracking.MODEL_URI_TAG}"], name, lineage_tags(run_obj)
@@ -102,6 +104,7 @@ def main() -> None:
             best_score[0],
             run_obj.data.metrics.get("test_accuracy", float("nan")),
         )
+        version, run_obj = settle_alias(name, alias, version, run_obj, metric)
     else:
         log.info(
             "%s@%s stays at version %s: it is at least as good as version %s",
@@ -125,6 +128,62 @@ def main() -> None:
             "test_loss": run_obj.data.metrics.get("test_loss"),
         },
     )
+
+
+# --- Several machines registering at once (team server) -----------------------------------
+
+# A finished run of another working copy that has no version yet is left to that copy's own
+# register stage for this long, so two machines never register the same run twice.
+SETTLE_S = 120
+
+
+def own_run_id() -> str | None:
+    """The run this working copy trained, if any."""
+    try:
+        return json.loads(RUN_FILE.read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def pick(ranked: pd.DataFrame, name: str, own: str | None) -> tuple[pd.Series, ModelVersion | None]:
+    """The best candidate this process may register, and its version if it has one.
+
+    Skipped: another copy's run that finished less than SETTLE_S ago and has no version
+    (its own register stage is registering it right now), unless every candidate is one.
+    """
+    now = pd.Timestamp.now(tz="UTC")
+    for _, candidate in ranked.iterrows():
+        version = tracking.version_of_run(name, candidate.run_id)
+        end = pd.Timestamp(candidate.end_time)
+        end = end.tz_localize("UTC") if end.tzinfo is None else end
+        fresh = pd.isna(end) or (now - end).total_seconds() < SETTLE_S
+        if version is not None or candidate.run_id == own or not fresh:
+            return candidate, version
+        log.info("run %s is left to its own register stage (finished just now)", candidate.run_id)
+    # Every candidate is another copy's fresh run (a register run by hand, no run of its
+    # own): register the best after all.
+    return ranked.iloc[0], None
+
+
+def settle_alias(
+    name: str, alias: str, version: ModelVersion, run_obj: Run, metric: str
+) -> tuple[ModelVersion, Run]:
+    """After moving the alias, point it at the best version in the registry.
+
+    Two machines may move it at the same moment, each from what it read before the other
+    wrote; whoever wrote last corrects it here, so the champion ends up the better one.
+    """
+    best = (score(run_obj.data.metrics, metric), version, run_obj)
+    for other in tracking.model_versions(name):
+        other_run = tracking.get_run(other.run_id)
+        if other_run is not None and score(other_run.data.metrics, metric) > best[0]:
+            best = (score(other_run.data.metrics, metric), other, other_run)
+    current = tracking.alias_target(name, alias)
+    if current is None or current.version != best[1].version:
+        tracking.set_alias(name, alias, best[1].version)
+        log.info("%s@%s -> version %s (a better version appeared meanwhile)", name, alias,
+                 best[1].version)  # fmt: skip
+    return best[1], best[2]
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ def use_store() -> str:
         if redact(uri) != uri:  # MLflow prints "View run at <uri>…", credentials and all
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         _check_server(uri)
+        _check_credentials(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -136,6 +137,8 @@ def connect(experiment: str) -> str:
 
 def _first_line(e: BaseException) -> str:
     """The gist of an MLflow error, on one line and without credentials."""
+    if getattr(e, "error_code", None) in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return _auth_problem(e)
     return redact((str(e).strip().splitlines() or [type(e).__name__])[0])[:300]
 
 
@@ -445,7 +448,12 @@ def model_version(name: str, version: str) -> ModelVersion | None:
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
-    _client().set_registered_model_alias(name, alias, version)
+    import mlflow
+
+    try:
+        _client().set_registered_model_alias(name, alias, version)
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot set {name}@{alias}: {_first_line(e)}") from None
 
 
 def get_run(run_id: str) -> Run | None:
@@ -535,3 +543,98 @@ def terminate(run_id: str, status: str) -> None:
 def set_running(run_id: str) -> None:
     """Reopen a run (a resumed sweep's parent)."""
     _client().update_run(run_id, status="RUNNING")
+
+
+# --- Accounts (a server started by pipeline.server: MLflow's basic-auth app) ------------
+
+
+def _username(uri: str, env: Mapping[str, str] = os.environ) -> str | None:
+    """Who the client signs in as: ``MLFLOW_TRACKING_USERNAME``, else the URI's user."""
+    return env.get("MLFLOW_TRACKING_USERNAME") or urllib.parse.urlsplit(uri).username
+
+
+def _check_credentials(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast (one line) when a server with accounts refuses the client's credentials.
+
+    ``/health`` needs no account, so this asks ``users/current``, which every account may
+    read; a server without accounts answers 404 and passes.
+    """
+    parts = urllib.parse.urlsplit(uri)
+    url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/")
+    request = urllib.request.Request(url + "/api/2.0/mlflow/users/current")
+    user = _username(uri)
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or parts.password or ""
+    if user:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            resp.read(1024)
+    except urllib.error.HTTPError as e:
+        if e.code != 401:
+            return  # 404: no accounts on this server; anything else shows up on first use
+        if not user:
+            raise TrackingError(
+                f"tracking server {redact(uri)} requires an account: set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            ) from None
+        raise TrackingError(
+            f"tracking server {redact(uri)} refused the credentials for user {user} (HTTP 401)"
+        ) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(f"tracking server {redact(uri)} is unreachable: {reason}") from None
+
+
+def _auth_problem(e: BaseException) -> str:
+    """A 401/403 from the server, said as what it is: a sign-in or permission problem."""
+    import mlflow
+
+    uri = redact(mlflow.get_tracking_uri())
+    user = _username(mlflow.get_tracking_uri()) or "(anonymous)"
+    endpoint = re.search(r"endpoint (\S+)", str(e))
+    where = f" on {endpoint.group(1)}" if endpoint else ""
+    if getattr(e, "error_code", None) == "UNAUTHENTICATED":
+        return f"tracking server {uri} refused the credentials for user {user} (HTTP 401)"
+    return (
+        f"permission denied (HTTP 403): user {user} lacks the permission{where} on "
+        f"tracking server {uri}; an admin can grant it (python -m pipeline.server users add)"
+    )
+
+
+def add_user(
+    username: str, password: str, permission: str, *, experiment: str, model_name: str
+) -> None:
+    """Create an account (or keep the existing one) with ``permission`` (READ, EDIT or
+    MANAGE) on the experiment and the registered model; the caller must be an admin."""
+    import mlflow
+    from mlflow.server import get_app_client
+
+    experiment_id = connect(experiment)  # created by the admin if it does not exist yet
+    client = get_app_client("basic-auth", tracking_uri=mlflow.get_tracking_uri())
+    try:
+        try:
+            client.create_user(username, password)
+            log.info("created user %s", username)
+        except mlflow.exceptions.MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            log.info("user %s exists; setting its permission", username)
+        # Granted on the model's name, so it holds for the model registered later, too.
+        for kind, resource in (("experiment", experiment_id), ("registered_model", model_name)):
+            with contextlib.suppress(mlflow.exceptions.MlflowException):
+                client.revoke_user_permission(username, kind, resource)  # none yet: fine
+            client.grant_user_permission(username, kind, resource, permission)
+            log.info("%s: %s on %s %s", username, permission, kind, resource)
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot set up user {username}: {_first_line(e)}") from None
+
+
+def model_versions(name: str) -> list[ModelVersion]:
+    """Every version of a registered model (none if it does not exist yet)."""
+    import mlflow
+
+    try:
+        return list(_client().search_model_versions(f"name = '{name}'"))
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot list the versions of {name}: {_first_line(e)}") from None
