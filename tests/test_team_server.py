@@ -21,7 +21,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.core import server as team
+from pipeline import server as team
 from tests.conftest import (
     ROOT,
     Server,
