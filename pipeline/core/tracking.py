@@ -73,22 +73,39 @@ def redact(uri: str) -> str:
     return re.sub(r"(?<=://)[^/@]+@", "***@", uri)
 
 
-def _check_server(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast (one line, naming the URI) when an HTTP tracking server does not answer."""
+def _username(uri: str, env: Mapping[str, str] = os.environ) -> str | None:
+    """Who the client signs in as: ``MLFLOW_TRACKING_USERNAME``, else the URI's user."""
+    return env.get("MLFLOW_TRACKING_USERNAME") or urllib.parse.urlsplit(uri).username
+
+
+def _get(uri: str, path: str, timeout_s: float) -> None:
+    """GET ``path`` on the server, signed in as MLflow's client would (basic auth from
+    ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD`` or the URI). An HTTP error passes through;
+    no answer at all is one line naming the server."""
     parts = urllib.parse.urlsplit(uri)
     url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/")
-    request = urllib.request.Request(url + "/health")
-    if parts.username is not None:  # http://user:pw@host: basic auth, as MLflow's client does
-        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+    request = urllib.request.Request(url + path)
+    user = _username(uri)
+    if user:
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or parts.password or ""
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-            resp.read(64)
-    except urllib.error.HTTPError as e:
-        raise TrackingError(f"tracking server {redact(uri)} answered HTTP {e.code}") from None
+            resp.read(1024)
+    except urllib.error.HTTPError:
+        raise
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise TrackingError(f"tracking server {redact(uri)} is unreachable: {reason}") from None
+
+
+def _check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (one line, naming the URI) when an HTTP tracking server does not answer."""
+    try:
+        _get(uri, "/health", timeout_s)
+    except urllib.error.HTTPError as e:
+        raise TrackingError(f"tracking server {redact(uri)} answered HTTP {e.code}") from None
 
 
 def use_store() -> str:
@@ -548,28 +565,15 @@ def set_running(run_id: str) -> None:
 # --- Accounts (a server started by pipeline.server: MLflow's basic-auth app) ------------
 
 
-def _username(uri: str, env: Mapping[str, str] = os.environ) -> str | None:
-    """Who the client signs in as: ``MLFLOW_TRACKING_USERNAME``, else the URI's user."""
-    return env.get("MLFLOW_TRACKING_USERNAME") or urllib.parse.urlsplit(uri).username
-
-
 def _check_credentials(uri: str, timeout_s: float = 10.0) -> None:
     """Fail fast (one line) when a server with accounts refuses the client's credentials.
 
     ``/health`` needs no account, so this asks ``users/current``, which every account may
     read; a server without accounts answers 404 and passes.
     """
-    parts = urllib.parse.urlsplit(uri)
-    url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/")
-    request = urllib.request.Request(url + "/api/2.0/mlflow/users/current")
     user = _username(uri)
-    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or parts.password or ""
-    if user:
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-            resp.read(1024)
+        _get(uri, "/api/2.0/mlflow/users/current", timeout_s)
     except urllib.error.HTTPError as e:
         if e.code != 401:
             return  # 404: no accounts on this server; anything else shows up on first use
@@ -581,9 +585,6 @@ def _check_credentials(uri: str, timeout_s: float = 10.0) -> None:
         raise TrackingError(
             f"tracking server {redact(uri)} refused the credentials for user {user} (HTTP 401)"
         ) from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise TrackingError(f"tracking server {redact(uri)} is unreachable: {reason}") from None
 
 
 def _auth_problem(e: BaseException) -> str:
