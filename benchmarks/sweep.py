@@ -30,11 +30,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = Path(__file__).with_name("recipes.yaml")
-CONFIGS = {  # name: (workers, pruner)
-    "w1-median": (1, "median"),
-    "w2-median": (2, "median"),
-    "w1-none": (1, "none"),
-    "w2-none": (2, "none"),
+CONFIGS = {  # name: (workers, pruner, tune.pruner_warmup_epochs)
+    "w1-median": (1, "median", 1),
+    "w2-median": (2, "median", 1),
+    "w1-none": (1, "none", 1),
+    "w2-none": (2, "none", 1),
+    "w1-median-warmup2": (1, "median", 2),  # a less eager pruner: never before epoch 2
 }
 # Around `fast` (adam, relu, lr 0.002, cosine): the rate over a decade, schedule, batch.
 SPACE = {
@@ -44,13 +45,21 @@ SPACE = {
 }
 
 
-def sweep(project: Path, name: str, workers: int, pruner: str, trials: int) -> dict:
+def sweep(
+    project: Path, name: str, workers: int, pruner: str, trials: int, warmup: int = 1
+) -> dict:
     """One study; its figures from Optuna's storage and the command's own output."""
     import optuna
 
     from tests.conftest import set_params
 
-    set_params(project, tune__study=name, tune__pruner=pruner, tune__n_trials=trials)
+    set_params(
+        project,
+        tune__study=name,
+        tune__pruner=pruner,
+        tune__n_trials=trials,
+        tune__pruner_warmup_epochs=warmup,
+    )
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.tune", "--workers", str(workers)],
@@ -137,8 +146,8 @@ def main() -> None:
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         subprocess.run(["dvc", "repro", "preprocess"], cwd=project, check=True)
         for name in args.configs.split(","):
-            workers, pruner = CONFIGS[name]
-            rows.append(sweep(project, name, workers, pruner, args.trials))
+            workers, pruner, warmup = CONFIGS[name]
+            rows.append(sweep(project, name, workers, pruner, args.trials, warmup))
             print(json.dumps(rows[-1]), flush=True)
             if args.out:
                 args.out.write_text(json.dumps(rows, indent=2))
