@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from pipeline.core import plots, tracking
 from pipeline.core.cli import run
-from pipeline.core.data import atomic_write, file_md5, load_split, write_json
+from pipeline.core.data import atomic_write, load_split, split_md5, write_json
 from pipeline.core.layout import (
     CURVES_FILE,
     HISTORY_FILE,
@@ -42,7 +42,7 @@ def main() -> None:
     val = load_split("val")
     steps = math.ceil(len(x_train) / cfg.batch_size)
     model = compile_model(params, steps)
-    md5 = {s: file_md5(PREPARED_DIR / f"{s}.npz") for s in ("train", "val", "test")}
+    md5 = split_md5("train", "val", "test")
     data_hashes = {f"data.{s}.md5": h for s, h in md5.items()}
 
     with tracking.active_run(

@@ -46,7 +46,7 @@ from optuna.trial import TrialState
 
 from pipeline.core import tracking
 from pipeline.core.cli import run
-from pipeline.core.data import PREPARED_DIR, atomic_write, file_md5, load_split
+from pipeline.core.data import atomic_write, load_split, split_md5
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Dimension, Params, TuneParams, load_params
 from pipeline.core.training import compile_model, fit, make_deterministic, set_threads, train_split
@@ -241,11 +241,14 @@ class Worker:
     experiment_id: str = ""
     parent_run_id: str = ""
     trial_epochs: int = 0
+    run_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # the same every trial
 
     def open(self) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say enough
         cfg = self.params.tune
         self.experiment_id = tracking.connect(self.params.tracking.experiment)
+        hashes = split_md5("train", "val")  # the test split is never read by a sweep
+        self.run_tags = {**tracking.git_tags(), **{f"data.{s}.md5": h for s, h in hashes.items()}}
         self.storage = storage = open_storage(self.url, self.heartbeat_s, self._on_stale)
         base = base_params(self.params)
         with budget_lock(self.url, cfg.study):  # one worker creates the study and parent run
@@ -346,8 +349,7 @@ class Worker:
                 "optuna.study": cfg.study,
                 "optuna.trial": str(trial.number),
                 "optuna.worker": f"{socket.gethostname()}:{os.getpid()}",
-                **tracking.git_tags(),
-                **_data_hashes(),
+                **self.run_tags,
             },
         )
         trial.set_user_attr(_RUN_ATTR, run_id)
@@ -396,11 +398,13 @@ class Worker:
         }
         done = not any(t.state == TrialState.RUNNING for t in trials)
         if states[TrialState.COMPLETE] == 0:
-            tracking.log_metrics_to(self.parent_run_id, summary)
+            tracking.log_metrics(summary, run_id=self.parent_run_id)
             log.warning("no trial completed in study %s", self.params.tune.study)
             return None
         best = self.study.best_trial
-        tracking.log_metrics_to(self.parent_run_id, {**summary, "best_val_accuracy": best.value})
+        tracking.log_metrics(
+            {**summary, "best_val_accuracy": best.value}, run_id=self.parent_run_id
+        )
         tracking.set_tags({"optuna.best_trial": str(best.number)}, run_id=self.parent_run_id)
         if done and len(self._counted()) >= self.params.tune.n_trials:
             tracking.terminate(self.parent_run_id, "FINISHED")
@@ -494,10 +498,6 @@ def _check_same_base(study: str, stored: dict[str, Any], now: dict[str, Any]) ->
                 f"study {study} was made with {key}={stored.get(key)!r}, params.yaml now has "
                 f"{now.get(key)!r}: restore it or name a new tune.study"
             )
-
-
-def _data_hashes() -> dict[str, str]:
-    return {f"data.{s}.md5": file_md5(PREPARED_DIR / f"{s}.npz") for s in ("train", "val")}
 
 
 def _short(values: Mapping[str, Any]) -> str:

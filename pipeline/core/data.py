@@ -152,6 +152,11 @@ def write_json(path: Path, obj: object) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
+def split_md5(*names: str, directory: Path = PREPARED_DIR) -> dict[str, str]:
+    """{"train": md5, ...}: the prepared splits' DVC content hashes."""
+    return {name: file_md5(directory / f"{name}.npz") for name in names}
+
+
 def file_md5(path: Path) -> str:
     """MD5 of a file's bytes (DVC's content hash, so the two can be compared)."""
     h = hashlib.md5()

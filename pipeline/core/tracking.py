@@ -244,10 +244,7 @@ def active_run(
     except mlflow.exceptions.MlflowException as e:  # e.g. the server went away mid-run
         raise TrackingError(f"MLflow run {run.info.run_id}: {_first_line(e)}") from None
     finally:
-        try:
-            mlflow.end_run(status=status)
-        except Exception as e:  # the store itself may be what failed
-            log.warning("could not mark run %s %s: %s", run.info.run_id, status, _first_line(e))
+        end_run(status)
         log.info("MLflow run %s %s", run.info.run_id, status)
 
 
@@ -260,10 +257,13 @@ def log_params(params: Mapping[str, Any]) -> None:
     )
 
 
-def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+def log_metrics(
+    metrics: Mapping[str, float], step: int | None = None, run_id: str | None = None
+) -> None:
+    """Log to the active run, or to ``run_id`` (e.g. a sweep's parent) when given."""
     import mlflow
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=run_id)
 
 
 def log_dataset(
@@ -519,10 +519,12 @@ def end_run(status: str) -> None:
     """End the active run as FINISHED, FAILED or KILLED (a failing store only warns)."""
     import mlflow
 
+    run = mlflow.active_run()
     try:
         mlflow.end_run(status=status)
-    except Exception as e:
-        log.warning("could not mark the MLflow run %s: %s", status, _first_line(e))
+    except Exception as e:  # the store itself may be what failed
+        run_id = run.info.run_id if run else "(none)"
+        log.warning("could not mark run %s %s: %s", run_id, status, _first_line(e))
 
 
 def set_tags(tags: Mapping[str, str], run_id: str | None = None) -> None:
@@ -534,16 +536,6 @@ def set_tags(tags: Mapping[str, str], run_id: str | None = None) -> None:
         return
     for key, value in tags.items():
         _client().set_tag(run_id, key, value)
-
-
-def log_metrics_to(run_id: str, metrics: Mapping[str, float]) -> None:
-    """Log metrics to a run that is not the active one (a sweep's parent)."""
-    import time
-
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    _client().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
 def terminate(run_id: str, status: str) -> None:
