@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands (`python -m pipeline.x`) must find the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test lint format clean server
+.PHONY: setup system-deps repro test test-fast lint format clean server ui
 
 setup: $(STAMP)
 
@@ -18,16 +18,44 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# What the full suite needs outside Python (Debian/Ubuntu): PostgreSQL's server binaries
+# for the team-server and sweep tests, Chromium for the real-browser UI test. .ci/run and
+# the pull-request workflow call it; it installs only what is missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+		echo "PostgreSQL server not found: installing the postgresql package"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; \
+	fi
+	@if [ ! -x /usr/bin/chromium ] && [ ! -x /usr/bin/chromium-browser ]; then \
+		echo "Chromium not found: installing the chromium package"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; \
+	fi
+
 repro: setup
 	$(BIN)/dvc repro
 
+# Two pytest-xdist workers, a test file each at a time (module fixtures stay whole; the
+# session's smoke project is built once and shared): the suite's stage subprocesses spend
+# much of their time importing on one core, so two keep both cores busy.
+PYTEST_WORKERS ?= 2
+
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+
+# The unit tests alone (no training, no dvc repro, no servers): under 2 minutes.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 # The team's tracking server (PostgreSQL + accounts); see README "A shared tracking server".
 server: setup
 	$(BIN)/python -m pipeline.server $(SERVER_ARGS)
+
+# The MLflow UI on this project's runs (local store, or MLFLOW_TRACKING_URI's server): prints
+# the URLs of the runs view, the comparison of the last runs and the model; Ctrl-C stops it.
+ui: setup
+	$(BIN)/python -m pipeline.ui $(UI_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -39,3 +67,52 @@ format: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# --- Review in CI (README "Review in CI"): the only commands .github/workflows/ and
+# .gitlab-ci.yml run; tests/test_report.py runs each one here.
+REPORT_BASE ?= main
+REPORT_DIR  ?= report
+MNIST_DIR   ?= ../shared/mnist
+SMOKE_ARGS  ?= -S train.max_samples=2000 -S train.epochs=1
+
+.PHONY: mnist-mirror smoke report report-summary pr-comment ci-repro ci-push ci-register
+
+# The four MNIST files in $(MNIST_DIR), where the test suite expects them: the download
+# stage alone (MNIST_MIRROR if set, else the public mirrors of params.yaml).
+mnist-mirror: setup
+	$(BIN)/python -m pipeline.download
+	mkdir -p $(MNIST_DIR)
+	cp data/raw/*.gz $(MNIST_DIR)/
+
+# The whole pipeline on a slice, as a DVC experiment in the workspace. Raw data: from
+# MNIST_MIRROR if set, else from the DVC remote if one is configured, else the mirrors.
+smoke: setup
+	if [ -z "$$MNIST_MIRROR" ] && [ -n "$$($(BIN)/dvc remote list)" ]; then $(BIN)/dvc pull data/raw; fi
+	$(BIN)/dvc exp run $(SMOKE_ARGS)
+
+# The workspace against $(REPORT_BASE): $(REPORT_DIR)/report.md, report.json, plots/.
+report: setup
+	$(BIN)/python -m pipeline.report --base $(REPORT_BASE) --out $(REPORT_DIR)
+
+# GitHub: the report as the job's summary page.
+report-summary:
+	test -n "$$GITHUB_STEP_SUMMARY"
+	cat $(REPORT_DIR)/report.md >> "$$GITHUB_STEP_SUMMARY"
+
+# GitHub: the report as ONE comment on pull request $$PR_NUMBER, edited on every push
+# (gh's own --edit-last: the last comment of this token's user; --create-if-none: the first).
+pr-comment:
+	test -n "$$PR_NUMBER"
+	gh pr comment "$$PR_NUMBER" --edit-last --create-if-none --body-file $(REPORT_DIR)/report.md
+
+# main: reproduce against the team's tracking server (MLFLOW_TRACKING_* from the CI's
+# secrets), outputs first pulled from the DVC remote where it has them, then pushed back.
+ci-repro: setup
+	if [ -n "$$($(BIN)/dvc remote list)" ]; then $(BIN)/dvc pull --allow-missing; fi
+	$(BIN)/dvc repro
+
+ci-push: setup
+	$(BIN)/dvc push
+
+ci-register: setup
+	$(BIN)/python -m pipeline.register

@@ -13,7 +13,7 @@ process, Python and MLflow start-up included; median of ``--repeat``):
 - ``team server``: that PostgreSQL database behind ``python -m pipeline.server``
   (HTTP, basic-auth account with EDIT), the team setup.
 
-PostgreSQL is a throwaway server (tests/postgres.py), or ``--postgres-url`` (an empty
+PostgreSQL is a throwaway server (pipeline/testing/postgres.py), or ``--postgres-url`` (an empty
 database you own). ``register`` is timed twice: the first call registers the best run and
 sets the alias, later calls find nothing to do.
 """
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--postgres-url", help="an empty PostgreSQL database (else throwaway)")
     args = parser.parse_args()
 
-    from pipeline.server import with_driver
+    from pipeline.core.urls import with_driver
 
     results: dict[str, dict[str, float]] = {}
     pg = None
@@ -167,7 +167,7 @@ def main() -> None:
         url = args.postgres_url
         if not url:
             sys.path.insert(0, str(ROOT))
-            from tests.postgres import PostgresServer, bindir
+            from pipeline.testing.postgres import PostgresServer, bindir
 
             pg = PostgresServer(_free_port(), bindir()).init()
             pg.start()

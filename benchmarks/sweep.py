@@ -51,7 +51,7 @@ def sweep(
     """One study; its figures from Optuna's storage and the command's own output."""
     import optuna
 
-    from tests.conftest import set_params
+    from pipeline.testing.project import set_params
 
     set_params(
         project,
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--no-pipeline-runs", action="store_true")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
-    from tests.conftest import copy_project, set_params
+    from pipeline.testing.project import copy_project, set_params
 
     fast = yaml.safe_load(RECIPES.read_text())["fast"]
     rows: list[dict] = []

@@ -364,7 +364,7 @@ def bench_overhead(mirror: str) -> dict:
     """Cold `dvc repro` (1 epoch) in a fresh temp copy: once as one call, once stage by
     stage for the split; then a no-op `dvc repro`."""
     sys.path.insert(0, str(ROOT))
-    from tests.conftest import copy_project, set_params
+    from pipeline.testing.project import copy_project, set_params
 
     env = {
         **os.environ,

@@ -4,6 +4,10 @@ Columns: run name, DVC experiment, key params, the final and best val_accuracy, 
 test metrics, duration,
 and a star on the run whose model is the current champion. ``--format md|csv`` for
 reports; ``--all`` also lists failed, killed and unfinished runs.
+
+``--against champion RUN_ID`` runs register's promotion test instead: both models scored
+on the same test images, exact McNemar on their disagreements, and what register would
+decide (``challenger`` or any other alias works too).
 """
 
 from __future__ import annotations
@@ -16,7 +20,17 @@ import pandas as pd
 
 from pipeline.core import tracking
 from pipeline.core.cli import run
-from pipeline.core.params import load_params
+from pipeline.core.data import load_split
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import Params, load_params
+from pipeline.core.promotion import (
+    CANDIDATE_FILTER,
+    RANK_COLUMNS,
+    decide,
+    gate_record,
+    order,
+    paired,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +56,7 @@ def comparison_table(
     def column(name: str) -> pd.Series:
         return runs[name] if name in runs else pd.Series([None] * len(runs), index=runs.index)
 
+    runs = order(runs, metric)
     table = pd.DataFrame(
         {
             "champion": (runs["run_id"] == champion_run_id).map({True: "*", False: ""}),
@@ -54,12 +69,7 @@ def comparison_table(
             "run_id": runs["run_id"],
         }
     )
-    return table.sort_values(
-        [metric, metric.replace("accuracy", "loss")],
-        ascending=[False, True],
-        na_position="last",
-        kind="stable",
-    ).reset_index(drop=True)
+    return table.reset_index(drop=True)
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
@@ -75,10 +85,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=["table", "md", "csv"], default="table")
     parser.add_argument("--all", action="store_true", help="include unfinished runs")
     parser.add_argument("--limit", type=int, default=50, help="at most this many rows")
+    parser.add_argument(
+        "--against",
+        nargs=2,
+        metavar=("ALIAS", "RUN_ID"),
+        help="test RUN_ID's model against the model at ALIAS (e.g. champion) as register does",
+    )
     args = parser.parse_args(argv)
     params = load_params()
+    if args.against:
+        sys.stdout.write(against(params, *args.against, fmt=args.format))
+        return
     experiment_id = tracking.connect(params.tracking.experiment)
-    runs = tracking.all_runs(experiment_id) if args.all else tracking.finished_runs(experiment_id)
+    runs = tracking.search_runs(experiment_id, "" if args.all else CANDIDATE_FILTER, RANK_COLUMNS)
     if runs.empty:
         log.info("no runs yet in experiment %s", params.tracking.experiment)
         return
@@ -86,6 +105,41 @@ def main(argv: list[str] | None = None) -> None:
     champion_id = champion.run_id if champion else None
     table = comparison_table(runs, champion_id, params.register.metric).head(args.limit)
     sys.stdout.write(render(table, args.format))
+
+
+def against(params: Params, alias: str, run_id: str, fmt: str = "table") -> str:
+    """Register's gate between ``run_id``'s model and ``name@alias``, as a small table and
+    the line register would log."""
+    cfg = params.register
+    tracking.use_store()
+    version = tracking.alias_target(cfg.model_name, alias)
+    if version is None:
+        raise PipelineError(f"no {cfg.model_name}@{alias} yet (run the register stage)")
+    run_obj = tracking.get_run(run_id)
+    model_uri = run_obj.data.tags.get(tracking.MODEL_URI_TAG) if run_obj else None
+    if model_uri is None:
+        raise PipelineError(f"run {run_id}: no such run with a logged model")
+    x, y = load_split("test")
+    result = paired(
+        y,
+        tracking.predicted_labels(f"models:/{cfg.model_name}/{version.version}", x),
+        tracking.predicted_labels(model_uri, x),
+    )
+    decision = decide(result, cfg.alpha, cfg.min_gain)
+    record = gate_record(result, "test", len(y), cfg.alpha, cfg.min_gain, str(version.version))
+    table = pd.DataFrame(
+        [
+            {"images": f"test ({len(y)})", "champion_only": result.champion_only,
+             "candidate_only": result.candidate_only, "gain_pts": record["accuracy_diff_pts"],
+             "ci95_pts": record["accuracy_diff_ci95_pts"], "p_value": record["p_value"],
+             "decision": {"promoted": "promoted", "kept": "challenger"}[decision.decision]}
+        ]
+    )  # fmt: skip
+    word = "promote" if decision.promote else "keep"
+    return render(table, fmt) + (
+        f"{run_id} vs {cfg.model_name}@{alias} (v{version.version}): register would "
+        f"{word}: {decision.reason}\n"
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from pipeline.core import layout
 from pipeline.core.cli import run
-from pipeline.core.errors import DataError, DownloadError
+from pipeline.core.data import atomic_write
+from pipeline.core.errors import DownloadError
 from pipeline.core.params import load_params
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def _kind(mirror: str) -> str:
         return "http"
     if scheme == "file":
         return "file"
-    if scheme == "" or (len(scheme) == 1 and os.name == "nt"):  # C:\... on Windows
+    if scheme == "":
         return "dir"
     raise DownloadError(
         f"unsupported mirror scheme {scheme}:// in {mirror!r} "
@@ -113,12 +114,6 @@ def _gz_problem(path: Path, sha256: str) -> str | None:
     if got != sha256.lower():
         return f"checksum mismatch (sha256 {got[:8]}… != expected {sha256[:8]}…)"
     return None
-
-
-def verify_gz(path: Path, sha256: str) -> None:
-    """Raise DataError unless ``path`` decompresses to content with this SHA-256."""
-    if problem := _gz_problem(path, sha256):
-        raise DataError(f"{path}: {problem}")
 
 
 def _classify(e: BaseException, timeout_s: float) -> tuple[str, bool]:
@@ -230,38 +225,50 @@ def fetch_file(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DownloadError(f"{name}: cannot prepare {dest}: {e.strerror}") from None
-    for stale in out_dir.glob(f".{glob.escape(name)}.partial-*"):  # left by a killed run;
-        stale.unlink(missing_ok=True)  # data/raw is a DVC output, so it must hold no strays
-    tmp = out_dir / f".{name}.partial-{os.getpid()}"
-    failures = []
-    try:
+    for stale in out_dir.glob(f".{glob.escape(name)}.*"):  # left by a killed run: data/raw
+        stale.unlink(missing_ok=True)  # is a DVC output, so it must hold no strays
+    failures: list[str] = []
+
+    def fetch_into(tmp: Path) -> None:
         for mirror in mirrors:
-            for attempt in range(1, max(1, retries) + 1):
-                try:
-                    _attempt(mirror, name, sha256, tmp, timeout_s)
-                except _AttemptError as e:
-                    if not e.transient or attempt >= retries:
-                        log.warning("%s: %s failed (%s)", name, mirror, e.reason)
-                        failures.append(f"{mirror} ({e.reason})")
-                        break
-                    wait = backoff_s * 2 ** (attempt - 1)
-                    log.warning(
-                        "%s: %s attempt %d/%d failed (%s); retrying in %gs",
-                        name,
-                        mirror,
-                        attempt,
-                        retries,
-                        e.reason,
-                        wait,
-                    )
-                    time.sleep(wait)
-                else:
-                    os.replace(tmp, dest)
-                    log.info("%s: fetched from %s and verified", name, mirror)
-                    return dest
-    finally:
-        tmp.unlink(missing_ok=True)
-    raise DownloadError(f"{name}: every mirror failed: {'; '.join(failures)}")
+            if _fetch_from(mirror, name, sha256, tmp, timeout_s, retries, backoff_s, failures):
+                return
+        raise DownloadError(f"{name}: every mirror failed: {'; '.join(failures)}")
+
+    atomic_write(dest, fetch_into)  # only a verified file is renamed into place
+    return dest
+
+
+def _fetch_from(
+    mirror: str,
+    name: str,
+    sha256: str,
+    tmp: Path,
+    timeout_s: float,
+    retries: int,
+    backoff_s: float,
+    failures: list[str],
+) -> bool:
+    """Try ``mirror`` up to ``retries`` times (transient errors only); True once ``tmp``
+    holds a verified copy, else the reason is appended to ``failures``."""
+    for attempt in range(1, max(1, retries) + 1):
+        try:
+            _attempt(mirror, name, sha256, tmp, timeout_s)
+        except _AttemptError as e:
+            if not e.transient or attempt >= retries:
+                log.warning("%s: %s failed (%s)", name, mirror, e.reason)
+                failures.append(f"{mirror} ({e.reason})")
+                return False
+            wait = backoff_s * 2 ** (attempt - 1)
+            log.warning(
+                "%s: %s attempt %d/%d failed (%s); retrying in %gs",
+                name, mirror, attempt, retries, e.reason, wait,
+            )  # fmt: skip
+            time.sleep(wait)
+        else:
+            log.info("%s: fetched from %s and verified", name, mirror)
+            return True
+    return False
 
 
 def download_all(

@@ -22,7 +22,7 @@ from pipeline.core.data import (
     stratified_split,
     write_json,
 )
-from pipeline.core.layout import PREPARED_DIR, RAW_DIR, SAMPLES_FILE, SUMMARY_FILE
+from pipeline.core.layout import RAW_DIR, SAMPLES_FILE, SUMMARY_FILE, split_file
 from pipeline.core.params import PreprocessParams, load_params
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def main() -> None:
     mnist = read_mnist(RAW_DIR)
     splits = {**split_train_val(*mnist["train"], params), "test": mnist["test"]}
     for name, (x, y) in splits.items():
-        save_split(PREPARED_DIR / f"{name}.npz", x, y)
+        save_split(split_file(name), x, y)
     summary = summarize(splits)
     write_json(SUMMARY_FILE, summary)
     plots.save(plots.samples_per_class(*splits["train"]), SAMPLES_FILE)

@@ -1,33 +1,49 @@
-"""Stage ``register``: make the best finished run the ``@champion`` of the registered model.
+"""Stage ``register``: the best finished run becomes ``@champion`` only on evidence.
 
-- candidates: full pipeline runs only (FINISHED, evaluated, with a logged model), so sweep
-  trials, which have neither, never compete;
-- best run = highest ``register.metric`` of the final model (default ``val_accuracy``), then
-  the lower matching loss (``val_loss``), then newer. Chosen on validation, the test split
-  stays an unbiased estimate of the champion: picking the best of many runs *on the test
-  set* would make its test accuracy optimistic. The test metrics are reported, not used;
-- registers its model as a new version only if that run has none yet (idempotent);
-- moves the alias only when the best version is strictly better than the current champion;
-- with several machines at once: another copy's just-finished run is left to that copy's
-  own register stage, and the alias is re-checked after a move (see ``pick``, ``settle_alias``);
-- writes data/register/champion.json (name, version, run id, the ranking metric and the
-  test metrics).
+- candidates: full pipeline runs only (FINISHED, evaluated, with a logged model), ranked by
+  ``register.metric`` on validation (:mod:`pipeline.core.promotion`);
+- the best one is registered as a version unless its run already has one. Several
+  machines may register the same run at once: the lowest version of a run wins, any other
+  is tagged ``duplicate_of`` and ignored everywhere (no timing guesses, EDIT permission is
+  enough);
+- gate: the candidate and the current champion are loaded and scored on the same test
+  images; an exact McNemar test on the images where they disagree decides. Promoted:
+  ``@champion`` moves. Not significant: the candidate becomes ``@challenger`` and the
+  champion stays. No champion yet: the first one is promoted without a test. The gate's
+  numbers are tags on the candidate's version and ``gate`` in champion.json; a version
+  already tested against the same champion is not tested again;
+- two machines moving the alias at once: after a move the alias is read back, and if
+  another version took it, the two are gated against each other the same way;
+- writes data/register/champion.json (the champion, the ranking metric, the test metrics,
+  the gate of the last attempt).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from pipeline.core import tracking
+from pipeline.core import card, tracking
 from pipeline.core.cli import run
-from pipeline.core.data import write_json
-from pipeline.core.errors import PipelineError
-from pipeline.core.layout import CHAMPION_FILE, RUN_FILE
-from pipeline.core.params import load_params
+from pipeline.core.data import atomic_write, load_split, write_json
+from pipeline.core.errors import PipelineError, TrackingError
+from pipeline.core.layout import CARD_FILE, CHAMPION_FILE
+from pipeline.core.params import RegisterParams, load_params
+from pipeline.core.promotion import (
+    CANDIDATE_FILTER,
+    GATE_TAG_PREFIX,
+    RANK_COLUMNS,
+    Decision,
+    decide,
+    gate_record,
+    gate_tags,
+    paired,
+    rank_runs,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -35,155 +51,177 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
-def loss_of(metric: str) -> str:
-    """The tie-breaking loss of an accuracy metric: val_accuracy -> val_loss."""
-    return metric.replace("accuracy", "loss")
-
-
-def rank_runs(runs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
-    """Candidates best first: with a logged model; ``metric`` desc, its loss asc, newest."""
-    ok = runs[runs[f"tags.{tracking.MODEL_URI_TAG}"].notna()]
-    keys = [f"metrics.{metric}", f"metrics.{loss_of(metric)}"]
-    ok = ok.assign(**{k: ok[k] if k in ok else float("nan") for k in keys})
-    return ok.sort_values(
-        [*keys, "start_time"],
-        ascending=[False, True, False],
-        na_position="last",
-        kind="stable",
-    )
-
-
-def score(metrics: dict[str, float], metric: str = "val_accuracy") -> tuple[float, float]:
-    """Comparable key: higher is better (``metric`` first, then the lower matching loss)."""
-    loss = metrics.get(loss_of(metric))
-    return (metrics.get(metric, -1.0), -loss if loss is not None else float("-inf"))
+CHALLENGER = "challenger"
+SPLITS = ("train", "val", "test")
+DUPLICATE_TAG = "duplicate_of"
+LINEAGE_PARAMS = ("model.activation", "train.optimizer", "train.learning_rate", "train.epochs")
 
 
 def lineage_tags(run: Run) -> dict[str, str]:
-    """What trained this model: run id, git commit, data hashes, params (as JSON)."""
+    """What trained this model, short enough for the registry page: run id, git commit
+    and dirtiness, data hashes, DVC experiment and the few params a reviewer scans for
+    (all params stay on the run)."""
     tags = {k: v for k, v in run.data.tags.items() if k.startswith(("git.", "data.", "dvc."))}
-    return {
-        "run_id": run.info.run_id,
-        **tags,
-        "params": json.dumps(run.data.params, sort_keys=True),
-    }
+    params = {f"params.{k}": run.data.params[k] for k in LINEAGE_PARAMS if k in run.data.params}
+    return {"run_id": run.info.run_id, **tags, **params}
+
+
+def version_for(name: str, run_obj: Run) -> ModelVersion:
+    """The run's version: the existing one, else a new one. Of several versions of one
+    run (machines registering it at once), the lowest wins; the others are tagged
+    ``duplicate_of`` so that nothing counts them."""
+    run_id = run_obj.info.run_id
+    found = tracking.versions_of_run(name, run_id)
+    if not found:
+        model_uri = run_obj.data.tags[tracking.MODEL_URI_TAG]
+        created = tracking.register(model_uri, name, lineage_tags(run_obj))
+        log.info("registered run %s as %s version %s", run_id, name, created.version)
+        found = tracking.versions_of_run(name, run_id) or [created]
+    winner, *others = found
+    for other in others:  # (MLflow's SQL store gives versions as ints, tags as strings)
+        if other.tags.get(DUPLICATE_TAG) != str(winner.version):
+            tracking.set_version_tags(name, other.version, {DUPLICATE_TAG: str(winner.version)})
+            log.info("%s version %s duplicates version %s", name, other.version, winner.version)
+    return winner
+
+
+def gate(name: str, candidate: ModelVersion, champion: ModelVersion | None, cfg: RegisterParams):
+    """Test ``candidate`` against ``champion`` on the test split: (Decision, gate record)."""
+    if champion is None:
+        return decide(None, cfg.alpha, cfg.min_gain), gate_record(
+            None, "test", 0, cfg.alpha, cfg.min_gain
+        )
+    x, y = load_split("test")
+    try:
+        champion_pred = tracking.predicted_labels(f"models:/{name}/{champion.version}", x)
+    except TrackingError as e:
+        log.warning("champion %s version %s cannot be scored: %s", name, champion.version, e)
+        reason = f"champion v{champion.version} cannot be loaded: promoted without a test"
+        return Decision("first", reason), gate_record(
+            None, "test", len(y), cfg.alpha, cfg.min_gain, against=str(champion.version)
+        )
+    result = paired(
+        y, champion_pred, tracking.predicted_labels(f"models:/{name}/{candidate.version}", x)
+    )
+    against = str(champion.version)
+    record = gate_record(result, "test", len(y), cfg.alpha, cfg.min_gain, against=against)
+    return decide(result, cfg.alpha, cfg.min_gain), record
+
+
+def promote_or_keep(
+    name: str, candidate: ModelVersion, champion: ModelVersion | None, cfg: RegisterParams
+) -> tuple[ModelVersion, dict, str]:
+    """Gate the candidate (unless it was already gated against this champion) and move
+    the aliases: the champion afterwards, the gate record, the one-line reason."""
+    previous = candidate.tags.get(f"{GATE_TAG_PREFIX}record")
+    record = None
+    if previous and champion is not None:
+        stored = json.loads(previous)
+        if stored.get("against") == str(champion.version) and stored.get("alpha") == cfg.alpha:
+            record = stored
+            decision = Decision(stored["decision"], stored["reason"])
+    if record is None:
+        decision, record = gate(name, candidate, champion, cfg)
+        record = {**record, "decision": decision.decision, "reason": decision.reason}
+        tracking.set_version_tags(name, candidate.version, gate_tags(record))
+    if decision.promote:
+        tracking.set_alias(name, cfg.alias, candidate.version)
+        challenger = tracking.alias_target(name, CHALLENGER)
+        if challenger is not None and str(challenger.version) == str(candidate.version):
+            tracking.delete_alias(name, CHALLENGER)  # it won: no longer a challenger
+        return candidate, record, f"{name}@{cfg.alias} -> v{candidate.version}: {decision.reason}"
+    tracking.set_alias(name, CHALLENGER, candidate.version)
+    return (
+        champion,
+        record,
+        (f"champion stays v{champion.version}: v{candidate.version} {decision.reason}"),
+    )
 
 
 def main() -> None:
     params = load_params()
-    name, alias, metric = params.register.model_name, params.register.alias, params.register.metric
+    cfg = params.register
+    name = cfg.model_name
     experiment_id = tracking.connect(params.tracking.experiment)
-    ranked = rank_runs(tracking.finished_runs(experiment_id), metric)
+    runs = tracking.search_runs(experiment_id, CANDIDATE_FILTER, RANK_COLUMNS)
+    ranked = rank_runs(runs, cfg.metric)
     if ranked.empty:
         raise PipelineError("no finished run with test metrics and a model to register")
-    best, version = pick(ranked, name, own_run_id())
-    run_obj = tracking.get_run(best.run_id)
+    best_run = tracking.get_run(ranked.iloc[0].run_id)
+    candidate = version_for(name, best_run)
+    champion = tracking.alias_target(name, cfg.alias)
 
-    if version is None:
-        version = tracking.register(
-            best[f"tags.{tracking.MODEL_URI_TAG}"], name, lineage_tags(run_obj)
-        )
-        log.info("registered run %s as %s version %s", best.run_id, name, version.version)
+    if champion is not None and str(champion.version) == str(candidate.version):
+        record = _stored_record(champion)
+        line = f"{name}@{cfg.alias} already is v{champion.version}, the best candidate"
     else:
-        log.info("run %s is already %s version %s", best.run_id, name, version.version)
+        champion, record, line = promote_or_keep(name, candidate, champion, cfg)
+        now = tracking.alias_target(name, cfg.alias)
+        if now is not None and str(now.version) != str(champion.version):  # moved meanwhile
+            log.info("%s@%s moved to v%s meanwhile: gating the two", name, cfg.alias, now.version)
+            champion, record, line = promote_or_keep(name, champion, now, cfg)
+    champion_run = tracking.get_run(champion.run_id)
+    write_json(CHAMPION_FILE, champion_file(cfg, champion, champion_run, record))
+    write_card(cfg, champion, champion_run, record)
+    log.info("%s", line)
 
-    current = tracking.alias_target(name, alias)
-    current_run = tracking.get_run(current.run_id) if current else None
-    best_score = score(run_obj.data.metrics, metric)
-    if current is not None and current.version == version.version:
-        log.info("%s@%s already is version %s", name, alias, version.version)
-    elif current_run is None or best_score > score(current_run.data.metrics, metric):
-        tracking.set_alias(name, alias, version.version)
-        log.info(
-            "%s@%s -> version %s (%s %.4f; test_accuracy %.4f, reported, not used)",
-            name,
-            alias,
-            version.version,
-            metric,
-            best_score[0],
-            run_obj.data.metrics.get("test_accuracy", float("nan")),
-        )
-        version, run_obj = settle_alias(name, alias, version, run_obj, metric)
-    else:
-        log.info(
-            "%s@%s stays at version %s: it is at least as good as version %s",
-            name,
-            alias,
-            current.version,
-            version.version,
-        )
-        version, run_obj = current, current_run
-    write_json(
-        CHAMPION_FILE,
-        {
-            "name": name,
-            "alias": alias,
-            "version": int(version.version),
-            "run_id": version.run_id,
-            "ranked_by": metric,
-            "val_accuracy": run_obj.data.metrics.get("val_accuracy"),
-            "val_loss": run_obj.data.metrics.get("val_loss"),
-            "test_accuracy": run_obj.data.metrics.get("test_accuracy"),
-            "test_loss": run_obj.data.metrics.get("test_loss"),
-        },
+
+def champion_file(cfg: RegisterParams, champion: ModelVersion, run_obj: Run, record: dict):
+    """What data/register/champion.json holds."""
+    metrics = run_obj.data.metrics if run_obj else {}
+    return {
+        "name": cfg.model_name,
+        "alias": cfg.alias,
+        "version": int(champion.version),
+        "run_id": champion.run_id,
+        "ranked_by": cfg.metric,
+        **{k: metrics.get(k) for k in ("val_accuracy", "val_loss", "test_accuracy", "test_loss")},
+        "gate": record,
+    }
+
+
+def write_card(cfg: RegisterParams, champion: ModelVersion, run_obj: Run, record: dict) -> None:
+    """The champion's model card from its logged facts only: data/register/card.md, the
+    run's ``card.md`` artifact and the version's description (the registry page; without
+    its YAML front matter, shortened if it would pass MLflow's 5,000 characters)."""
+    facts = card_facts(cfg, champion, run_obj, record)
+    text = card.render(facts)
+    atomic_write(CARD_FILE, lambda tmp: tmp.write_text(text))
+    shown = card.description(text)  # the registry keeps at most 5,000 characters
+    if champion.description != shown:
+        tracking.log_text(text, "card.md", run_id=champion.run_id)
+        tracking.set_description(cfg.model_name, champion.version, shown)
+
+
+def card_facts(
+    cfg: RegisterParams, champion: ModelVersion, run_obj: Run, record: dict
+) -> card.CardFacts:
+    """What the card shows, read back from the champion's run: params, metrics, tags,
+    dataset sizes and the evaluation artifacts that evaluate logged."""
+    run_id, tags = run_obj.info.run_id, run_obj.data.tags
+    per_class = tracking.read_text_artifact(run_id, "evaluation/per_class.csv")
+    predictions = tracking.read_text_artifact(run_id, "evaluation/predictions.csv")
+    pred = pd.read_csv(io.StringIO(predictions)) if predictions else None
+    return card.CardFacts(
+        name=cfg.model_name,
+        version=str(champion.version),
+        run_id=run_id,
+        params=run_obj.data.params,
+        metrics=run_obj.data.metrics,
+        tags=tags,
+        data_md5={s: tags[f"data.{s}.md5"] for s in SPLITS if f"data.{s}.md5" in tags},
+        split_sizes=tracking.dataset_sizes(run_obj),
+        per_class=card.per_class_rows(pd.read_csv(io.StringIO(per_class))) if per_class else (),
+        confusions=card.top_confusions(pred.actual, pred.predicted) if pred is not None else (),
+        robustness=card.robustness_of(run_obj.data.metrics),
+        gate=record or None,
+        alias=cfg.alias,
     )
 
 
-# --- Several machines registering at once (team server) -----------------------------------
-
-# A finished run of another working copy that has no version yet is left to that copy's own
-# register stage for this long, so two machines never register the same run twice.
-SETTLE_S = 120
-
-
-def own_run_id() -> str | None:
-    """The run this working copy trained, if any."""
-    try:
-        return json.loads(RUN_FILE.read_text())["run_id"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def pick(ranked: pd.DataFrame, name: str, own: str | None) -> tuple[pd.Series, ModelVersion | None]:
-    """The best candidate this process may register, and its version if it has one.
-
-    Skipped: another copy's run that finished less than SETTLE_S ago and has no version
-    (its own register stage is registering it right now), unless every candidate is one.
-    """
-    now = pd.Timestamp.now(tz="UTC")
-    for _, candidate in ranked.iterrows():
-        version = tracking.version_of_run(name, candidate.run_id)
-        end = pd.Timestamp(candidate.end_time)
-        end = end.tz_localize("UTC") if end.tzinfo is None else end
-        fresh = pd.isna(end) or (now - end).total_seconds() < SETTLE_S
-        if version is not None or candidate.run_id == own or not fresh:
-            return candidate, version
-        log.info("run %s is left to its own register stage (finished just now)", candidate.run_id)
-    # Every candidate is another copy's fresh run (a register run by hand, no run of its
-    # own): register the best after all.
-    return ranked.iloc[0], None
-
-
-def settle_alias(
-    name: str, alias: str, version: ModelVersion, run_obj: Run, metric: str
-) -> tuple[ModelVersion, Run]:
-    """After moving the alias, point it at the best version in the registry.
-
-    Two machines may move it at the same moment, each from what it read before the other
-    wrote; whoever wrote last corrects it here, so the champion ends up the better one.
-    """
-    best = (score(run_obj.data.metrics, metric), version, run_obj)
-    for other in tracking.model_versions(name):
-        other_run = tracking.get_run(other.run_id)
-        if other_run is not None and score(other_run.data.metrics, metric) > best[0]:
-            best = (score(other_run.data.metrics, metric), other, other_run)
-    current = tracking.alias_target(name, alias)
-    if current is None or current.version != best[1].version:
-        tracking.set_alias(name, alias, best[1].version)
-        log.info("%s@%s -> version %s (a better version appeared meanwhile)", name, alias,
-                 best[1].version)  # fmt: skip
-    return best[1], best[2]
+def _stored_record(version: ModelVersion) -> dict:
+    stored = version.tags.get(f"{GATE_TAG_PREFIX}record")
+    return json.loads(stored) if stored else {}
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ from pathlib import Path
 
 from pipeline.core import tracking
 from pipeline.core.cli import run
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, first_line, redact
 from pipeline.core.params import load_params
+from pipeline.core.urls import with_driver
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +74,6 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
     return value[0]
 
 
-def with_driver(uri: str) -> str:
-    """``postgresql://`` with the driver this project installs (psycopg2).
-
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which is not installed.
-    """
-    if uri.startswith("postgresql://"):
-        return "postgresql+psycopg2://" + uri.removeprefix("postgresql://")
-    return uri
-
-
 def check_database(uri: str, timeout_s: int = DB_CONNECT_TIMEOUT_S) -> None:
     """Fail with one line (credentials hidden) when the database does not answer."""
     import sqlalchemy
@@ -93,10 +84,8 @@ def check_database(uri: str, timeout_s: int = DB_CONNECT_TIMEOUT_S) -> None:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__]
-        raise ServerError(
-            f"database {tracking.redact(uri)} is unreachable: {tracking.redact(reason[0])}"
-        ) from None
+        reason = first_line(getattr(e, "orig", None) or e)
+        raise ServerError(f"database {redact(uri)} is unreachable: {reason}") from None
 
 
 def auth_config(
@@ -183,13 +172,13 @@ def serve(host: str, port: int, workers: int, env: Mapping[str, str] = os.enviro
         child_env.pop("MLFLOW_AUTH_ADMIN_PASSWORD_FILE", None)
         log.info(
             "MLflow server on http://%s:%d: store %s, artifacts %s, accounts in %s",
-            host, port, tracking.redact(backend), tracking.redact(artifacts),
-            tracking.redact(auth_db),
+            host, port, redact(backend), redact(artifacts),
+            redact(auth_db),
         )  # fmt: skip
         proc = subprocess.Popen(server_command(host, port, workers), env=child_env)
         try:
             return proc.wait()
-        except KeyboardInterrupt:  # SIGTERM/SIGINT (pipeline.cli): stop the server with us
+        except KeyboardInterrupt:  # SIGTERM/SIGINT (pipeline.core.cli): stop the server with us
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=30)

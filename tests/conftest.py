@@ -1,20 +1,30 @@
-"""Shared fixtures: the local MNIST mirror, and throwaway copies of this project."""
+"""Shared fixtures: the local MNIST mirror, a throwaway PostgreSQL server, and one real
+`dvc repro` of the project on a slice that the slow tests share.
+
+Helpers the benchmarks use too live in :mod:`pipeline.testing`; helpers that read MLflow
+stores directly (an independent client, to check what the pipeline wrote) in
+:mod:`tests.stores`.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
+from filelock import FileLock
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_MNIST = ROOT.parent / "shared" / "mnist"
-VENV_BIN = Path(sys.executable).parent
+from pipeline.testing import postgres as pg
+from pipeline.testing.project import (
+    SHARED_MNIST,
+    SMOKE,
+    copy_project,
+    free_port,
+    run,
+    set_params,
+    stage_env,
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,12 +40,10 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def postgres():
     """A throwaway PostgreSQL server on a free port for the whole session (see
-    tests/postgres.py); tests take their own database with ``create_database``.
+    pipeline/testing/postgres.py); tests take their own database with ``create_database``.
 
     Skips with one line where PostgreSQL is not installed, except under CI=true.
     """
-    from tests import postgres as pg
-
     bin_dir = pg.bindir()
     if bin_dir is None or not (bin_dir / "initdb").exists():
         reason = "PostgreSQL server binaries (initdb, pg_ctl) not found; set PG_BINDIR"
@@ -50,212 +58,57 @@ def postgres():
         server.destroy()
 
 
-def stage_env(**extra: str) -> dict[str, str]:
-    """Environment for `dvc`/stage subprocesses: this venv first on PATH, no outside store."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("PYTHONPATH", None)
-    # Tests never reach for the public mirrors, even when a stage reruns unexpectedly.
-    env["MNIST_MIRROR"] = str(SHARED_MNIST)
-    env.update(extra)
-    return env
-
-
-def run(
-    cmd: list[str],
-    cwd: Path,
-    env: dict[str, str] | None = None,
-    check: bool = True,
-    timeout: float = 600,
-) -> subprocess.CompletedProcess:
-    """Run a command; on an unexpected failure show its output in the assertion."""
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=env or stage_env(), capture_output=True, text=True, timeout=timeout
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} exited {proc.returncode}\n"
-            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
-        )
-    return proc
-
-
-def copy_project(dest: Path) -> Path:
-    """Copy the project's source (what git would commit) into ``dest`` as a fresh git repo."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in files:
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    run(["git", "init", "-q", "-b", "main"], dest)
-    run(["git", "add", "-A"], dest)
-    run([*git, "commit", "-qm", "copy"], dest)
-    return dest
-
-
-def set_params(project: Path, **changes: object) -> None:
-    """set_params(p, train__epochs=1) edits params.yaml (section__key=value)."""
-    path = project / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    for key, value in changes.items():
-        section, name = key.split("__", 1)
-        raw[section][name] = value
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-SMOKE = {"train__max_samples": 2000, "train__epochs": 2, "train__batch_size": 128}
-
-
 @pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory, mnist_dir) -> Path:
     """A copy of the project after one real `dvc repro` on a slice (2,000 images, 2 epochs).
 
     Shared by the tests that only read it; tests that change it work on a `clone_of` it.
+    Under pytest-xdist (``make test`` runs two workers) the first worker to need it builds
+    it under a file lock in the run's shared temp folder, and the others reuse it.
     """
-    project = copy_project(tmp_path_factory.mktemp("smoke"))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _build_smoke(tmp_path_factory.mktemp("smoke"), mnist_dir)
+    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every worker
+    with FileLock(shared / "smoke.lock"):
+        project = shared / "smoke"
+        built = shared / "smoke.built"
+        if not built.exists():
+            shutil.rmtree(project, ignore_errors=True)  # a worker's failed attempt
+            project.mkdir()
+            _build_smoke(project, mnist_dir)
+            built.touch()
+    return project
+
+
+def _build_smoke(project: Path, mnist_dir: Path) -> Path:
+    copy_project(project)
     set_params(project, **SMOKE)
     run(["git", "commit", "-qam", "smoke params"], project)
     run(["dvc", "repro"], project, stage_env(MNIST_MIRROR=str(mnist_dir)))
     return project
 
 
-def clone_of(project: Path, dest: Path) -> Path:
-    """A full copy (data, DVC cache and MLflow store included) to change freely."""
-    shutil.copytree(project, dest, symlinks=True, dirs_exist_ok=True)
-    return dest
+@pytest.fixture(scope="session")
+def ui_project(smoke_project, tmp_path_factory) -> Path:
+    """`smoke_project` plus one more real run (`dvc exp run -n adam`) and a real 2-trial
+    sweep (study ``ui-sweep``, 1 epoch a trial): an MLflow store to look at in the UI."""
+    import sys
 
+    from pipeline.testing.project import clone_of
 
-def mlflow_client(project: Path):
-    """An MlflowClient on a project's default store."""
-    import mlflow
-
-    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Poll ``url`` until it answers 200; fail early if ``proc`` died."""
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode} before answering")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
-
-
-class Server:
-    """A server process in its own process group, stopped (with its workers) on exit."""
-
-    def __init__(self, cmd: list[str], cwd: Path, env: dict[str, str], health_url: str):
-        self.cmd, self.cwd, self.env, self.health_url = cmd, cwd, env, health_url
-
-    def __enter__(self) -> subprocess.Popen:
-        # A file, not a pipe: nobody drains a pipe, and a full one blocks the server.
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log")
-        self.proc = subprocess.Popen(
-            self.cmd,
-            cwd=self.cwd,
-            env=self.env,
-            text=True,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_http(self.health_url, self.proc)
-        except BaseException as e:
-            self.__exit__()
-            self.log.seek(0)
-            raise AssertionError(f"{e}\n--- server log\n{self.log.read()[-4000:]}") from None
-        return self.proc
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
-def tracking_server(workdir: Path, port: int | None = None) -> Server:
-    """A real `mlflow server` on 127.0.0.1 (SQLite store and proxied artifacts in
-    ``workdir``); the same ``workdir`` and ``port`` restart the same server."""
-    port = port or free_port()
-    uri = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{workdir / 'server.db'}",
-        "--artifacts-destination",
-        str(workdir / "server-artifacts"),
-    ]
-    server = Server(cmd, workdir, stage_env(), f"{uri}/health")
-    server.uri, server.port = uri, port
-    return server
-
-
-def newest_run(project: Path):
-    """The most recently started run of the project's experiment."""
-    client = mlflow_client(project)
-    exp = client.get_experiment_by_name("lenet5-mnist").experiment_id
-    return client.search_runs(exp, order_by=["start_time DESC"], max_results=1)[0]
-
-
-def start_training(project: Path, env: dict[str, str], until: str = "epoch 1/"):
-    """Start the train stage in the background; return once its log shows ``until``."""
-    import time
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train"],
-        cwd=project,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
+    project = clone_of(smoke_project, tmp_path_factory.mktemp("ui"))
+    run(
+        ["dvc", "exp", "run", "-n", "adam"]
+        + ["-S", "train.optimizer=adam", "-S", "train.learning_rate=0.003"],
+        project,
     )
-    seen = []
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        seen.append(line)
-        if until in line or not line:
-            break
-    assert proc.poll() is None, "".join(seen)
-    return proc, seen
+    set_params(
+        project,
+        tune__study="ui-sweep",
+        tune__n_trials=2,
+        tune__epochs=1,
+        tune__sampler="random",
+        tune__space={"train.optimizer": {"choices": ["sgd", "adam"]}},
+    )
+    run([sys.executable, "-m", "pipeline.tune"], project)
+    return project

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pipeline.predict import format_line, main, parse_args
-from tests.conftest import ROOT, run, stage_env
+from pipeline.testing.project import ROOT, reference_params, run, stage_env
 
 PREDICT = [sys.executable, "-m", "pipeline.predict"]
 
@@ -63,6 +63,7 @@ def test_a_bad_file_fails_the_whole_command(workdir):
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_no_registered_model(workdir):
     digit_png(workdir / "zero.png")
     proc = run([*PREDICT, "zero.png"], workdir, cli_env(workdir), check=False, timeout=120)
@@ -85,18 +86,18 @@ def mlflow_store(workdir, monkeypatch) -> str:
     return uri
 
 
+@pytest.mark.slow
 def test_predicts_with_the_champion(workdir, mlflow_store, capsys):
     """An untrained LeNet-5 registered as champion: one line per image, nothing else on stdout."""
     import mlflow
 
     from pipeline.core import tracking
     from pipeline.core.model import build_lenet5
-    from pipeline.core.params import ModelParams
 
     experiment_id = tracking.connect("lenet5-mnist")
     with tracking.active_run(experiment_id=experiment_id):
         model_uri = tracking.log_model(
-            build_lenet5(ModelParams()), np.zeros((1, 28, 28), dtype=np.uint8)
+            build_lenet5(reference_params().model), np.zeros((1, 28, 28), dtype=np.uint8)
         )
     version = mlflow.register_model(model_uri, "lenet5-mnist")
     mlflow.MlflowClient().set_registered_model_alias("lenet5-mnist", "champion", version.version)

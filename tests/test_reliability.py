@@ -9,15 +9,15 @@ import time
 
 import pytest
 
-from tests.conftest import (
+from pipeline.testing.project import (
     clone_of,
-    mlflow_client,
     run,
     set_params,
     stage_env,
     start_training,
     tracking_server,
 )
+from tests.stores import mlflow_client
 
 pytestmark = pytest.mark.slow
 

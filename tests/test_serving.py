@@ -8,7 +8,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.conftest import Server, free_port, stage_env
+from pipeline.testing.project import Server, free_port, stage_env
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from functools import partial
 import pytest
 
 from pipeline.core.data import file_md5
-from tests.conftest import clone_of, free_port, run, stage_env
+from pipeline.testing.project import clone_of, free_port, run, stage_env
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import clone_of, free_port, run, stage_env, tracking_server
+from pipeline.testing.project import clone_of, free_port, run, stage_env, tracking_server
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def test_pipeline_logs_registers_and_sets_alias_over_http(smoke_project, mnist_d
         r = client.get_run(run_id)
         assert r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics
         assert r.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
-        assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(run_id, "curves/val_accuracy")] == [1, 2]
         champion = client.get_model_version_by_alias("lenet5-mnist", "champion")
         assert champion.run_id == run_id
         lineage = run([sys.executable, "-m", "pipeline.lineage", "--json"], project, env)

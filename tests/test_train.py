@@ -1,4 +1,5 @@
-"""The train stage: recipes from params, determinism, and failures that lose nothing."""
+"""The train stage: determinism, and failures that lose nothing (the recipe from params:
+tests/core/test_training.py)."""
 
 import json
 import signal
@@ -9,46 +10,16 @@ import time
 import pandas as pd
 import pytest
 
-from pipeline.core.params import TrainParams
-from pipeline.core.training import learning_rate, make_optimizer
-from tests.conftest import (
-    clone_of,
-    mlflow_client,
-    newest_run,
-    run,
-    set_params,
-    stage_env,
-    start_training,
-)
+from pipeline.testing.project import clone_of, run, set_params, stage_env, start_training
+from tests.stores import mlflow_client, newest_run
 
-
-def test_schedules_and_optimizers_come_from_params():
-    cosine = learning_rate(TrainParams(lr_schedule="cosine", epochs=10, learning_rate=0.1), 100)
-    assert float(cosine(0)) == pytest.approx(0.1)
-    assert float(cosine(1000)) == pytest.approx(0.0, abs=1e-6)
-    warm = learning_rate(
-        TrainParams(lr_schedule="cosine", warmup_epochs=1, epochs=10, learning_rate=0.1), 100
-    )
-    assert float(warm(50)) == pytest.approx(0.05, rel=1e-3)
-    step = learning_rate(
-        TrainParams(lr_schedule="step", lr_decay_epochs=2, lr_decay_rate=0.5, learning_rate=0.1),
-        100,
-    )
-    assert [round(float(step(s)), 6) for s in (0, 199, 200, 400)] == [0.1, 0.1, 0.05, 0.025]
-    assert learning_rate(TrainParams(), 100) == 0.01
-    sgd = make_optimizer(TrainParams(momentum=0.9, nesterov=True), 10)
-    assert type(sgd).__name__ == "SGD" and sgd.nesterov and sgd.momentum == 0.9
-    assert (
-        type(make_optimizer(TrainParams(optimizer="adamw", weight_decay=1e-4), 10)).__name__
-        == "AdamW"
-    )
+pytestmark = pytest.mark.slow  # every test here runs the train stage
 
 
 def _train(project, **env):
     return run([sys.executable, "-m", "pipeline.train"], project, stage_env(**env), check=False)
 
 
-@pytest.mark.slow
 def test_same_seed_gives_identical_metrics(smoke_project, tmp_path):
     project = clone_of(smoke_project, tmp_path)
     first = pd.read_csv(project / "data/train/history.csv")
@@ -67,7 +38,6 @@ def test_same_seed_gives_identical_metrics(smoke_project, tmp_path):
     assert a.data.metrics["val_loss"] == b.data.metrics["val_loss"]
 
 
-@pytest.mark.slow
 def test_nan_loss_fails_the_stage_and_the_run(smoke_project, tmp_path):
     project = clone_of(smoke_project, tmp_path)
     (project / "data/train/model.keras").unlink()
@@ -79,7 +49,6 @@ def test_nan_loss_fails_the_stage_and_the_run(smoke_project, tmp_path):
     assert newest_run(project).info.status == "FAILED"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupt_marks_the_run_killed_and_leaves_no_model(smoke_project, tmp_path, sig):
     project = clone_of(smoke_project, tmp_path)

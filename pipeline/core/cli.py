@@ -9,7 +9,6 @@ import sys
 from collections.abc import Callable
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import ParamsError
 
 log = logging.getLogger("pipeline")
 
@@ -24,7 +23,8 @@ def setup_logging() -> None:
 
 
 def run(main: Callable[[], object]) -> None:
-    """Run a stage's ``main()``; known failures become one ``error:`` line and exit 1."""
+    """Run a stage's ``main()``: a PipelineError becomes one ``HH:MM:SS ERROR message``
+    log line and exit 1 (its message is one line by construction), Ctrl-C/SIGTERM 130."""
     setup_logging()
     # SIGTERM (dvc queue kill, CI timeouts) unwinds like Ctrl-C, so `finally` blocks and
     # the tracking module can mark the run KILLED and temp files are removed. SIGINT is set
@@ -33,7 +33,7 @@ def run(main: Callable[[], object]) -> None:
     signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         main()
-    except (PipelineError, ParamsError) as e:
+    except PipelineError as e:  # ParamsError, DataError, TrackingError, ... included
         log.error("%s", e)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -41,5 +41,16 @@ def run(main: Callable[[], object]) -> None:
         sys.exit(130)
 
 
+_received: list[int] = []  # signals seen by this process
+
+
+def interrupted() -> bool:
+    """Whether SIGINT/SIGTERM arrived. The KeyboardInterrupt the handler raises can be
+    swallowed when it lands in a callback Python ignores exceptions from (an import lock's
+    weakref callback, a ``__del__``), so long loops also check this between steps."""
+    return bool(_received)
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
+    _received.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")

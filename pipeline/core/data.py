@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import DataError
-from pipeline.core.layout import PREPARED_DIR
-
-SPLITS = ("train", "val", "test")
+from pipeline.core.layout import PREPARED_DIR, RUN_FILE, split_file
 
 _IDX_UBYTE = 0x08  # the only element type MNIST uses
 
@@ -135,7 +133,7 @@ def save_split(path: Path, x: np.ndarray, y: np.ndarray) -> None:
 
 def load_split(name: str, directory: Path = PREPARED_DIR) -> tuple[np.ndarray, np.ndarray]:
     """Load a prepared split; no pickles are ever loaded."""
-    path = directory / f"{name}.npz"
+    path = split_file(name, directory)
     try:
         with np.load(path, allow_pickle=False) as z:
             x, y = z["x"], z["y"]
@@ -154,7 +152,7 @@ def write_json(path: Path, obj: object) -> None:
 
 def split_md5(*names: str, directory: Path = PREPARED_DIR) -> dict[str, str]:
     """{"train": md5, ...}: the prepared splits' DVC content hashes."""
-    return {name: file_md5(directory / f"{name}.npz") for name in names}
+    return {name: file_md5(split_file(name, directory)) for name in names}
 
 
 def file_md5(path: Path) -> str:
@@ -164,3 +162,16 @@ def file_md5(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_run(path: Path = RUN_FILE) -> dict[str, str]:
+    """data/train/run.json: the MLflow ``run_id`` (and ``experiment_id``) train wrote."""
+    try:
+        run = json.loads(path.read_text())
+        if not isinstance(run, dict) or not isinstance(run.get("run_id"), str):
+            raise ValueError("no run_id in it")
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (run the train stage)") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable ({e}); run the train stage") from None
+    return run

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from pipeline.core.errors import DataError
+from pipeline.core.errors import DataError, first_line
 
 SIDE = 28  # MNIST's field
 BOX = 20  # the longer side of the digit's box in that field
@@ -70,7 +70,7 @@ def load_image(path: Path) -> np.ndarray:
                     im = ImageOps.exif_transpose(im)
                     return _to_gray(im)
                 except (OSError, SyntaxError, ValueError, EOFError) as e:
-                    raise DataError(f"{path}: cannot decode image ({_first_line(e)})") from None
+                    raise DataError(f"{path}: cannot decode image ({first_line(e, 200)})") from None
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -94,7 +94,7 @@ def _open(f, path: Path) -> Image.Image:
         size = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
         raise DataError(f"{path}: image too large ({size})") from None
     except (SyntaxError, ValueError, EOFError) as e:  # a header Pillow recognised but can't parse
-        raise DataError(f"{path}: cannot decode image ({_first_line(e)})") from None
+        raise DataError(f"{path}: cannot decode image ({first_line(e, 200)})") from None
     w, h = im.size
     if w * h > MAX_PIXELS:
         im.close()
@@ -103,10 +103,6 @@ def _open(f, path: Path) -> Image.Image:
         im.close()
         raise DataError(f"{path}: empty image ({w}×{h} pixels)")
     return im
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _to_gray(im: Image.Image) -> np.ndarray:

@@ -36,15 +36,6 @@ def build_lenet5(cfg: ModelParams) -> keras.Sequential:
     )
 
 
-def trainable_params_per_layer(model: keras.Model) -> dict[str, int]:
-    """{"C1": 156, ...} for the layers that have weights."""
-    return {
-        layer.name: sum(int(w.numpy().size) for w in layer.trainable_weights)
-        for layer in model.layers
-        if layer.trainable_weights
-    }
-
-
 def train_flops_per_image(model: keras.Model) -> dict[str, int]:
     """FP32 FLOPs of one training step per image, per layer with weights: {"C1": ..., ...}.
 

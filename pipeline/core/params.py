@@ -1,8 +1,17 @@
 """params.yaml parsed once into typed, validated, frozen dataclasses.
 
-Every section is a dataclass; every key is a typed field. Unknown keys, wrong types and
-impossible values raise :class:`ParamsError` with a message that names the key, e.g.
-``params.yaml: train.batch_size: must be >= 1, got -3``.
+Every section is a dataclass; every key is a typed field with its valid range. The values,
+and what each key means, live in params.yaml only: it is the one source (DVC needs every
+key there anyway), so no field has a default and a missing key is an error. Unknown keys,
+wrong types and impossible values raise :class:`ParamsError` with a message that names
+the key, e.g. ``params.yaml: train.batch_size: must be >= 1, got -3``.
+
+:meth:`Params.flat` and :meth:`Params.with_values` map to and from the flat
+``section.key`` names that MLflow, ``dvc exp run -S`` and sweeps use.
+
+A little over 350 lines: one dataclass per section plus the checks that give every bad
+value its one-line message; splitting the checks from the types they check would only
+make both harder to read.
 """
 
 from __future__ import annotations
@@ -11,92 +20,89 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from pipeline.core.errors import ParamsError
+
 PARAMS_FILE = Path("params.yaml")
+# PyYAML reads YAML 1.1, where `1e-4` (no dot) is a string; DVC writes YAML 1.2, where it
+# is a float, e.g. after `dvc exp run -S train.learning_rate=1e-4`.
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
 
 
-class ParamsError(ValueError):
-    """params.yaml is missing, malformed, or holds an invalid value."""
-
-
-def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
-    return {"lo": lo, "hi": hi, "lo_open": lo_open}
+def _field(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Any:
+    """A required field (no default: params.yaml holds every value) with its valid range."""
+    return field(metadata={"lo": lo, "hi": hi, "lo_open": lo_open})
 
 
 @dataclass(frozen=True)
 class DownloadParams:
-    # Public MNIST mirrors, tried in order. MNIST_MIRROR (URL or directory) replaces them.
     mirrors: tuple[str, ...]
-    timeout_s: float = field(default=30.0, metadata=_range(0, lo_open=True))
-    retries: int = field(default=3, metadata=_range(1, 10))  # attempts per mirror
-    backoff_s: float = field(default=1.0, metadata=_range(0))  # doubled after each attempt
+    timeout_s: float = _field(0, lo_open=True)
+    retries: int = _field(1, 10)
+    backoff_s: float = _field(0)
 
 
 @dataclass(frozen=True)
 class PreprocessParams:
-    val_size: int = field(default=5000, metadata=_range(1, 59_990))  # taken from the 60k train
-    seed: int = field(default=42, metadata=_range(0))
+    val_size: int = _field(1, 59_990)
+    seed: int = _field(0)
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    activation: Literal["tanh", "relu"] = "tanh"
-    pooling: Literal["max", "average"] = "max"
-    padding: Literal[0, 2] = 2  # 2: the paper's 32x32 input; 0: the 28x28 variant
+    activation: Literal["tanh", "relu"]
+    pooling: Literal["max", "average"]
+    padding: Literal[0, 2]
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
-    learning_rate: float = field(default=0.01, metadata=_range(0, lo_open=True))
-    momentum: float = field(default=0.0, metadata=_range(0, 1))  # sgd, rmsprop
-    nesterov: bool = False  # sgd
-    weight_decay: float = field(default=0.0, metadata=_range(0, 1))  # adamw
-    # constant | cosine (to 0 over all epochs) | exponential / step (x lr_decay_rate
-    # every lr_decay_epochs, smoothly or in steps)
-    lr_schedule: Literal["constant", "cosine", "exponential", "step"] = "constant"
-    lr_decay_rate: float = field(default=0.1, metadata=_range(0, 1, lo_open=True))
-    lr_decay_epochs: float = field(default=10.0, metadata=_range(0, lo_open=True))
-    warmup_epochs: float = field(default=0.0, metadata=_range(0))  # cosine only
-    label_smoothing: float = field(default=0.0, metadata=_range(0, 0.5))
-    # Random shifts (± pixels) and rotations (± degrees) of training digits; compiled loop.
-    augment_shift: int = field(default=0, metadata=_range(0, 6))
-    augment_rotate: float = field(default=0.0, metadata=_range(0, 45))
-    # compiled: one tf.function per epoch (faster, see BENCHMARKS.md) | fit: model.fit
-    loop: Literal["compiled", "fit"] = "compiled"
-    batch_size: int = field(default=128, metadata=_range(1, 60_000))
-    epochs: int = field(default=30, metadata=_range(1, 10_000))
-    seed: int = field(default=42, metadata=_range(0))
-    max_samples: int | None = field(default=None, metadata=_range(1))  # null = all
-    # TensorFlow intra/inter-op threads (null = TF's default, all cores). On CPU the sums
-    # depend on it in the last bits, so a sweep trial and its rerun must use the same.
-    threads: int | None = field(default=None, metadata=_range(1, 1024))
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"]
+    learning_rate: float = _field(0, lo_open=True)
+    momentum: float = _field(0, 1)
+    nesterov: bool = _field()
+    weight_decay: float = _field(0, 1)
+    lr_schedule: Literal["constant", "cosine", "exponential", "step"] = _field()
+    lr_decay_rate: float = _field(0, 1, lo_open=True)
+    lr_decay_epochs: float = _field(0, lo_open=True)
+    warmup_epochs: float = _field(0)
+    label_smoothing: float = _field(0, 0.5)
+    augment_shift: int = _field(0, 6)
+    augment_rotate: float = _field(0, 45)
+    loop: Literal["compiled", "fit"] = _field()
+    batch_size: int = _field(1, 60_000)
+    epochs: int = _field(1, 10_000)
+    seed: int = _field(0)
+    max_samples: int | None = _field(1)
+    threads: int | None = _field(1, 1024)
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    misclassified_shown: int = field(default=36, metadata=_range(1, 400))
+    misclassified_shown: int = _field(1, 400)
+    robustness_images: int | None = _field(1)
+    robustness_seed: int = _field(0)
 
 
 @dataclass(frozen=True)
 class TrackingParams:
-    experiment: str = "lenet5-mnist"
-    # CPU %, memory (and GPU) sampled by MLflow into system/* metrics of the train run.
-    system_metrics: bool = False
+    experiment: str
+    system_metrics: bool
 
 
 @dataclass(frozen=True)
 class RegisterParams:
-    model_name: str = "lenet5-mnist"
-    alias: str = "champion"
-    # What ranks the runs: the final model's val_accuracy (ties: lower val_loss), so the
-    # test split stays a fair estimate; test_accuracy (ties: test_loss) is the old rule.
-    metric: Literal["val_accuracy", "test_accuracy"] = "val_accuracy"
+    model_name: str
+    alias: str
+    metric: Literal["val_accuracy", "test_accuracy"]
+    alpha: float = _field(0, 0.5, lo_open=True)
+    min_gain: float = _field(0, 100)
 
 
 @dataclass(frozen=True)
@@ -119,17 +125,17 @@ _NOT_SEARCHABLE = {"train.epochs": "set by tune.epochs"}
 class TuneParams:
     """``python -m pipeline.tune``: an Optuna study of train/model params on val_accuracy."""
 
-    study: str = "lenet5-sweep"
-    n_trials: int = field(default=20, metadata=_range(1, 100_000))  # the whole study's budget
-    timeout_s: float | None = field(default=None, metadata=_range(0, lo_open=True))  # per run
-    epochs: int = field(default=6, metadata=_range(1, 10_000))  # per trial
-    sampler: Literal["tpe", "random"] = "tpe"
-    seed: int = field(default=42, metadata=_range(0))
-    startup_trials: int = field(default=5, metadata=_range(0))  # tpe: random trials first
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    pruner_startup_trials: int = field(default=3, metadata=_range(0))  # median: finished first
-    pruner_warmup_epochs: int = field(default=1, metadata=_range(0))  # median: never before
-    space: tuple[Dimension, ...] = ()
+    study: str
+    n_trials: int = _field(1, 100_000)
+    timeout_s: float | None = _field(0, lo_open=True)
+    epochs: int = _field(1, 10_000)
+    sampler: Literal["tpe", "random"] = _field()
+    seed: int = _field(0)
+    startup_trials: int = _field(0)
+    pruner: Literal["median", "hyperband", "none"] = _field()
+    pruner_startup_trials: int = _field(0)
+    pruner_warmup_epochs: int = _field(0)
+    space: tuple[Dimension, ...] = ()  # filled from the mapping by _build_tune
 
 
 @dataclass(frozen=True)
@@ -141,10 +147,11 @@ class Params:
     evaluate: EvaluateParams
     tracking: TrackingParams
     register: RegisterParams
-    tune: TuneParams = TuneParams()
+    tune: TuneParams
 
     def flat(self) -> dict[str, Any]:
-        """All params as ``{"train.learning_rate": 0.01, ...}`` (for MLflow)."""
+        """All params as flat keys, ``{"train.learning_rate": 0.01, ...}`` (MLflow's params,
+        ``dvc exp run -S`` keys); tune.space as the comma-joined searched keys."""
         out: dict[str, Any] = {}
         for section in dataclasses.fields(self):
             for key, value in dataclasses.asdict(getattr(self, section.name)).items():
@@ -152,6 +159,29 @@ class Params:
                     value = ",".join(d["key"] for d in value)  # the searched keys
                 out[f"{section.name}.{key}"] = list(value) if isinstance(value, tuple) else value
         return out
+
+    def with_values(self, values: Mapping[str, Any]) -> Params:
+        """These params with flat ``section.key`` values replaced, each checked as
+        params.yaml's would be (``{"train.epochs": 3}``)."""
+        changes: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            section, _, name = key.partition(".")
+            changes.setdefault(section, {})[name] = value
+        replaced = {}
+        for section, fields in changes.items():
+            current = getattr(self, section, None)
+            if current is None or section == "tune":
+                raise ParamsError(f"{section}: not a section that can be set by key")
+            cls = type(current)
+            now = {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(current).items()
+            }
+            raw = {**now, **fields}
+            replaced[section] = _build(cls, raw, section)
+        params = dataclasses.replace(self, **replaced)
+        _validate(params)
+        return params
 
 
 def _type_name(tp: Any) -> str:
@@ -194,6 +224,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+            return float(value)  # `1e-4`: a float in YAML 1.2 (DVC's -S writes it so)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -249,6 +281,8 @@ def _validate(p: Params) -> None:
         raise ParamsError("tracking.experiment: must not be empty")
     if p.register.model_name.strip() == "" or p.register.alias.strip() == "":
         raise ParamsError("register: model_name and alias must not be empty")
+    if p.register.alias == "challenger":
+        raise ParamsError("register.alias: 'challenger' is the alias of a candidate that lost")
 
 
 def _build_tune(raw: Any) -> TuneParams:
@@ -313,7 +347,7 @@ def _dimension(key: Any, spec: Any) -> Dimension:
 
 
 def parse_params(raw: Any) -> Params:
-    """Validate a parsed params.yaml mapping (keys with defaults may be omitted)."""
+    """Validate a parsed params.yaml mapping: every section and key, nothing else."""
     if not isinstance(raw, dict):
         raise ParamsError(f"expected a mapping of sections at the top level, got {raw!r}")
     hints = typing.get_type_hints(Params)
@@ -321,10 +355,11 @@ def parse_params(raw: Any) -> Params:
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise ParamsError(f"{unknown[0]}: unknown section (known: {', '.join(names)})")
-    if "download" not in raw:
-        raise ParamsError("download: required section is missing")
-    sections = {n: _build(hints[n], raw.get(n) or {}, n) for n in names if n != "tune"}
-    params = Params(**sections, tune=_build_tune(raw.get("tune") or {}))
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise ParamsError(f"{missing[0]}: required section is missing")
+    sections = {n: _build(hints[n], raw[n] or {}, n) for n in names if n != "tune"}
+    params = Params(**sections, tune=_build_tune(raw["tune"] or {}))
     _validate(params)
     return params
 

@@ -22,8 +22,10 @@ from pipeline.core.data import atomic_write  # noqa: E402
 
 def save(fig: Figure, path: Path) -> None:
     """Write a PNG atomically and free the figure."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100), suffix=".png")
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100), suffix=".png")
+    finally:
+        plt.close(fig)
 
 
 def digit_grid(images: np.ndarray, titles: list[str], cols: int = 10) -> Figure:

@@ -1,21 +1,25 @@
 """The training core shared by the train stage and sweep trials (pipeline.tune).
 
-Both build, compile and fit LeNet-5 through these functions on the same data slice with
-the same seed, so a sweep trial and ``dvc exp run`` with its params train identically.
+Both call :func:`prepare` then :func:`Prepared.fit`: the same data slice, seed, model and
+recipe, so a sweep trial and ``dvc exp run`` with its params train identically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import time
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipeline.core import loop
+from pipeline.core import cli, loop
 from pipeline.core.data import load_split
 from pipeline.core.errors import PipelineError
+from pipeline.core.metrics import float32_value
 from pipeline.core.model import build_lenet5
 from pipeline.core.params import Params, TrainParams
 
@@ -104,8 +108,10 @@ def fit(
 ) -> pd.DataFrame:
     """Train; return the per-epoch history (epoch, loss, accuracy, val_loss, val_accuracy).
 
-    Raises TrainingDiverged when the loss stops being finite.
+    Raises TrainingDiverged when the loss stops being finite, KeyboardInterrupt after an
+    epoch in which SIGINT/SIGTERM arrived (if its own KeyboardInterrupt was swallowed).
     """
+    callbacks = [*callbacks, StopOnSignal()]
     if cfg.loop == "compiled":
         augment = loop.augmenter(cfg.augment_shift, cfg.augment_rotate, cfg.seed)
         hist = loop.fit_compiled(
@@ -139,3 +145,63 @@ def fit(
             f"training diverged: loss is not finite at epoch {bad} (lower train.learning_rate?)"
         )
     return history
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ends training at the epoch's end once SIGINT/SIGTERM arrived (see cli.interrupted)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if cli.interrupted():
+            raise KeyboardInterrupt("interrupted")
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A compiled model and the data it trains on, ready to :meth:`fit`."""
+
+    params: Params
+    model: keras.Sequential
+    train: tuple[np.ndarray, np.ndarray]  # x: (N, 28, 28) uint8, y: (N,) uint8
+    val: tuple[np.ndarray, np.ndarray]
+    steps_per_epoch: int
+
+    def fit(self, callbacks: list[keras.callbacks.Callback]) -> Trained:
+        """Train with the recipe; the history and the training's wall time."""
+        start = time.perf_counter()
+        history = fit(self.model, self.train, self.val, self.params.train, callbacks)
+        return Trained(history, time.perf_counter() - start)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    history: pd.DataFrame  # one row per epoch: epoch, loss, accuracy, val_loss, val_accuracy
+    seconds: float
+
+    def run_metrics(self) -> dict[str, float]:
+        """What every training logs on its run besides the per-epoch curves: the final
+        model's val metrics (what register ranks on), the best epoch's, the seconds."""
+        return {
+            **self.final(),
+            "best_val_accuracy": float32_value(self.history["val_accuracy"].max()),
+            "train_seconds": round(self.seconds, 2),
+        }
+
+    def final(self) -> dict[str, float]:
+        """The final model's val_accuracy and val_loss."""
+        last = self.history.iloc[-1]
+        return {
+            "val_accuracy": float32_value(last["val_accuracy"]),
+            "val_loss": float32_value(last["val_loss"]),
+        }
+
+
+def prepare(params: Params) -> Prepared:
+    """Seed everything, load the (sliced) train split and val, build and compile LeNet-5.
+
+    TensorFlow's threads (``set_threads``) must be set before this, by the caller.
+    """
+    make_deterministic(params.train.seed)
+    train = train_split(params.train)
+    val = load_split("val")
+    steps = math.ceil(len(train[0]) / params.train.batch_size)
+    return Prepared(params, compile_model(params, steps), train, val, steps)

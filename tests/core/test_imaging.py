@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from pipeline.core import imaging
 from pipeline.core.data import read_idx_gz
 from pipeline.core.errors import DataError
-from tests.conftest import SHARED_MNIST
+from pipeline.testing.project import SHARED_MNIST
 
 W, H = 300, 200  # a "scan": landscape, much larger than 28×28
 

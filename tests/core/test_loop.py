@@ -1,13 +1,16 @@
 """The compiled epoch loop against Keras' own fit, on a small synthetic problem."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pipeline.core.loop import CompiledLoop, _call, augmenter, split_inputs
-from pipeline.core.params import Params, parse_params
+from pipeline.core.params import Params
 from pipeline.core.training import TrainingDiverged, compile_model, fit
+from pipeline.testing.project import reference_params
 
 
 def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -22,10 +25,8 @@ def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def params(**train) -> Params:
-    base = parse_params({"download": {"mirrors": ["http://127.0.0.1:1/"]}})
-    return parse_params(
-        {"download": {"mirrors": ["http://127.0.0.1:1/"]}, "train": {**vars(base.train), **train}}
-    )
+    """The reference recipe (params.yaml) with these train keys changed, checked."""
+    return reference_params({f"train.{k}": v for k, v in train.items()})
 
 
 @pytest.mark.parametrize("loop", ["compiled", "fit"])
@@ -62,7 +63,7 @@ def _evaluate(model, val):
 def test_divergence_raises(loop):
     keras.utils.set_random_seed(0)
     p = params(loop=loop, learning_rate=1e4, batch_size=32, epochs=2)
-    p = Params(**{**vars(p), "model": type(p.model)(activation="relu")})
+    p = dataclasses.replace(p, model=dataclasses.replace(p.model, activation="relu"))
     with pytest.raises(TrainingDiverged, match="loss is not finite at epoch 1"):
         fit(compile_model(p, 10), toy_data(320), toy_data(64, 1), p.train, [])
 

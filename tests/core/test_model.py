@@ -1,8 +1,25 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
-from pipeline.core.model import build_lenet5, train_flops_per_image, trainable_params_per_layer
-from pipeline.core.params import ModelParams
+from pipeline.core.model import build_lenet5, train_flops_per_image
+from pipeline.testing.project import reference_params
+
+REFERENCE = reference_params().model  # tanh, max pooling, padding 2 (the paper's 32x32)
+
+
+def model_params(**changes: object):
+    return dataclasses.replace(REFERENCE, **changes)
+
+
+def trainable_params_per_layer(model) -> dict[str, int]:
+    """{"C1": 156, ...} for the layers that have weights."""
+    return {
+        layer.name: sum(int(w.numpy().size) for w in layer.trainable_weights)
+        for layer in model.layers
+        if layer.trainable_weights
+    }
 
 
 @pytest.mark.parametrize(
@@ -13,13 +30,14 @@ from pipeline.core.params import ModelParams
     ],
 )
 def test_trainable_parameters_per_layer(padding, expected):
-    model = build_lenet5(ModelParams(padding=padding))
+    model = build_lenet5(model_params(padding=padding))
     assert trainable_params_per_layer(model) == expected
     assert model.count_params() == sum(expected.values())
 
 
 def test_shapes_follow_the_paper():
-    model = build_lenet5(ModelParams())
+    assert REFERENCE.padding == 2
+    model = build_lenet5(REFERENCE)
     shapes = {layer.name: tuple(layer.output.shape[1:]) for layer in model.layers}
     assert shapes["pad"] == (32, 32, 1)
     assert shapes["C1"] == (28, 28, 6)
@@ -29,7 +47,13 @@ def test_shapes_follow_the_paper():
     assert shapes["flatten"] == (400,)
 
 
-@pytest.mark.parametrize("cfg", [ModelParams(activation="relu", pooling="average"), ModelParams()])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        model_params(activation="relu", pooling="average"),
+        model_params(activation="tanh", pooling="max"),
+    ],
+)
 def test_takes_raw_pixels_and_returns_probabilities(cfg):
     model = build_lenet5(cfg)
     x = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28)).astype("uint8")
@@ -50,7 +74,7 @@ def test_takes_raw_pixels_and_returns_probabilities(cfg):
     ],
 )
 def test_training_flops_count_forward_and_both_gradients(padding, macs):
-    flops = train_flops_per_image(build_lenet5(ModelParams(padding=padding)))
+    flops = train_flops_per_image(build_lenet5(model_params(padding=padding)))
     assert flops == {k: (4 if k == "C1" else 6) * m for k, m in macs.items()}
     # about 2.26 MFLOP per image at 32×32 and 1.52 MFLOP at 28×28
     assert sum(flops.values()) == {2: 2_263_920, 0: 1_517_040}[padding]

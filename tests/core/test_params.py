@@ -43,11 +43,60 @@ def test_project_params_are_the_reference_recipe():
         ("download", "mirrors", [], "download.mirrors: needs at least one mirror"),
         ("download", "mirrors", "http://x/", "download.mirrors: expected a list of a string"),
         ("download", "timeout_s", 0, "download.timeout_s: must be > 0"),
+        ("register", "alpha", 0, "register.alpha: must be > 0, got 0"),
+        ("register", "alpha", 2, "register.alpha: must be <= 0.5, got 2"),
+        ("register", "alpha", "5%", "register.alpha: expected a number, got '5%'"),
+        ("register", "alhpa", 0.05, "register.alhpa: unknown key"),
+        ("register", "min_gain", -1, "register.min_gain: must be >= 0, got -1"),
+        ("register", "alias", "challenger", "register.alias: 'challenger' is the alias"),
     ],
 )
 def test_bad_values_name_the_key(section, key, value, message):
     raw = raw_params()
     raw[section][key] = value
+    with pytest.raises(ParamsError) as e:
+        parse_params(raw)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("tune", "message"),
+    [
+        ({"n_trail": 5}, "tune.n_trail: unknown key"),
+        ({"pruner": "asha"}, "tune.pruner: expected one of 'median', 'hyperband', 'none'"),
+        ({"n_trials": 0}, "tune.n_trials: must be >= 1"),
+        ({"study": "my sweep"}, "tune.study: letters, digits"),
+        (
+            {"space": {"train.learning_rate": {"low": 0.1, "high": 0.01}}},
+            "tune.space.train.learning_rate: low (0.1) > high (0.01)",
+        ),
+        ({"space": {"train.lr": {"low": 0.1, "high": 1}}}, "tune.space.train.lr: not a train"),
+        ({"space": {"evaluate.misclassified_shown": {"choices": [1]}}}, "not a train or model"),
+        (
+            {"space": {"train.batch_size": {"choices": [64, "128"]}}},
+            "tune.space.train.batch_size.choices[1]: expected an integer, got '128'",
+        ),
+        (
+            {"space": {"model.activation": {"choices": ["relu", "gelu"]}}},
+            "tune.space.model.activation.choices[1]: expected one of 'tanh', 'relu'",
+        ),
+        (
+            {"space": {"train.batch_size": {"low": 32.5, "high": 256}}},
+            "tune.space.train.batch_size.low: expected an integer",
+        ),
+        (
+            {"space": {"train.learning_rate": {"low": 0, "high": 0.1}}},
+            "tune.space.train.learning_rate.low: must be > 0",
+        ),
+        ({"space": {"train.optimizer": {"low": 1, "high": 2}}}, "has no range; use choices"),
+        ({"space": {"train.epochs": {"low": 1, "high": 9}}}, "set by tune.epochs"),
+        ({"space": {"train.seed": {"low": 1, "high": 9, "step": 2}}}, "seed.step: unknown key"),
+    ],
+)
+def test_bad_tune_sections_name_the_key(tune, message):
+    raw = raw_params()
+    raw["tune"].update(tune)
     with pytest.raises(ParamsError) as e:
         parse_params(raw)
     assert message in str(e.value)
@@ -63,13 +112,28 @@ def test_int_is_accepted_for_float_and_null_for_optional():
     assert p.train.max_samples is None
 
 
-def test_unknown_section_and_missing_defaults():
+def test_unknown_section_and_missing_keys():
     raw = raw_params()
     raw["trian"] = {}
     with pytest.raises(ParamsError, match="trian: unknown section"):
         parse_params(raw)
+    # params.yaml is the one source of every value: nothing missing is filled in.
     minimal = {"download": {"mirrors": ["http://127.0.0.1:1/"]}}
-    assert parse_params(minimal).train.epochs == 30
+    with pytest.raises(ParamsError, match="^preprocess: required section is missing$"):
+        parse_params(minimal)
+    for section in raw_params():
+        raw = raw_params()
+        del raw[section]
+        with pytest.raises(ParamsError, match=f"^{section}: required section is missing$"):
+            parse_params(raw)
+    raw = raw_params()
+    del raw["train"]["epochs"]
+    with pytest.raises(ParamsError, match=r"^train\.epochs: required key is missing$"):
+        parse_params(raw)
+    raw = raw_params()
+    del raw["tune"]["n_trials"]
+    with pytest.raises(ParamsError, match=r"^tune\.n_trials: required key is missing$"):
+        parse_params(raw)
 
 
 def test_invalid_yaml_names_the_file_and_line(tmp_path):
@@ -84,3 +148,16 @@ def test_flat_keys_cover_every_param():
     assert flat["train.learning_rate"] == 0.01
     assert flat["download.mirrors"][0].startswith("https://")
     assert len(flat) == sum(len(v) for v in raw_params().values())
+
+
+def test_exponent_floats_as_dvc_writes_them_are_numbers():
+    """`dvc exp run -S register.alpha=1e-12` writes `alpha: 1e-12`: YAML 1.2's float, a
+    string to PyYAML's YAML 1.1."""
+    raw = raw_params()
+    raw["register"]["alpha"] = "1e-12"
+    raw["train"]["learning_rate"] = "5E-4"
+    p = parse_params(raw)
+    assert p.register.alpha == 1e-12 and p.train.learning_rate == 5e-4
+    raw["train"]["batch_size"] = "1e2"  # not an integer field
+    with pytest.raises(ParamsError, match="train.batch_size: expected an integer"):
+        parse_params(raw)

@@ -2,13 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.core.tracking import connect, dvc_tags, project_root, run_name, tracking_uri
-
-
-def test_project_root_of_a_dvc_temp_copy_is_the_main_workspace(tmp_path):
-    assert project_root(tmp_path) == tmp_path.resolve()
-    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12cd" / "sub"
-    assert project_root(copy) == tmp_path.resolve()
+from pipeline.core.tracking import connect, tracking_uri
 
 
 def test_default_uri_is_sqlite_at_the_root_and_env_overrides(tmp_path, monkeypatch):
@@ -19,16 +13,6 @@ def test_default_uri_is_sqlite_at_the_root_and_env_overrides(tmp_path, monkeypat
     assert tracking_uri(env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}) == (
         "http://127.0.0.1:5000"
     )
-
-
-def test_run_names_and_dvc_tags():
-    assert run_name({"DVC_EXP_NAME": "adam-lr3"}) == "adam-lr3"
-    assert run_name({}).startswith("workspace-")
-    assert dvc_tags({"DVC_EXP_NAME": "x", "DVC_EXP_BASELINE_REV": "abc"}) == {
-        "dvc.exp_name": "x",
-        "dvc.baseline_rev": "abc",
-    }
-    assert dvc_tags({}) == {}
 
 
 def test_connect_marks_new_and_existing_experiments_as_model_training(tmp_path, monkeypatch):

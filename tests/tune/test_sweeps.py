@@ -1,5 +1,5 @@
-"""pipeline.tune: a shared Optuna study on PostgreSQL and SQLite, pruning, lost workers, the
-exact budget, and the winner reproduced by `dvc exp run`."""
+"""pipeline.tune end to end: a shared Optuna study on PostgreSQL and SQLite, pruning, lost
+workers, the exact budget, and the winner reproduced by `dvc exp run`."""
 
 import json
 import shlex
@@ -12,10 +12,10 @@ import optuna
 import pytest
 import yaml
 
-from pipeline.core.params import ParamsError, parse_params
-from pipeline.tune import exp_command, storage_url
-from tests.conftest import ROOT, clone_of, mlflow_client, run, set_params, stage_env
-from tests.postgres import PASSWORD
+from pipeline.testing.postgres import PASSWORD
+from pipeline.testing.project import clone_of, run, set_params, stage_env
+from pipeline.tune.storage import storage_url
+from tests.stores import mlflow_client
 
 GOOD_LR = 0.002  # adam/relu: ~0.8 val_accuracy after 1 epoch on the smoke slice
 # Every sampled trial is hopeless (lr 1e-6 learns nothing in 2 epochs); the enqueued good
@@ -30,90 +30,6 @@ TINY = {
     "tune__pruner_warmup_epochs": 0,
     "tune__space": {"train.learning_rate": {"low": 1e-6, "high": 2e-6, "log": True}},
 }
-
-
-def raw_params() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
-
-
-@pytest.mark.parametrize(
-    ("tune", "message"),
-    [
-        ({"n_trail": 5}, "tune.n_trail: unknown key"),
-        ({"pruner": "asha"}, "tune.pruner: expected one of 'median', 'hyperband', 'none'"),
-        ({"n_trials": 0}, "tune.n_trials: must be >= 1"),
-        ({"study": "my sweep"}, "tune.study: letters, digits"),
-        (
-            {"space": {"train.learning_rate": {"low": 0.1, "high": 0.01}}},
-            "tune.space.train.learning_rate: low (0.1) > high (0.01)",
-        ),
-        ({"space": {"train.lr": {"low": 0.1, "high": 1}}}, "tune.space.train.lr: not a train"),
-        ({"space": {"evaluate.misclassified_shown": {"choices": [1]}}}, "not a train or model"),
-        (
-            {"space": {"train.batch_size": {"choices": [64, "128"]}}},
-            "tune.space.train.batch_size.choices[1]: expected an integer, got '128'",
-        ),
-        (
-            {"space": {"model.activation": {"choices": ["relu", "gelu"]}}},
-            "tune.space.model.activation.choices[1]: expected one of 'tanh', 'relu'",
-        ),
-        (
-            {"space": {"train.batch_size": {"low": 32.5, "high": 256}}},
-            "tune.space.train.batch_size.low: expected an integer",
-        ),
-        (
-            {"space": {"train.learning_rate": {"low": 0, "high": 0.1}}},
-            "tune.space.train.learning_rate.low: must be > 0",
-        ),
-        ({"space": {"train.optimizer": {"low": 1, "high": 2}}}, "has no range; use choices"),
-        ({"space": {"train.epochs": {"low": 1, "high": 9}}}, "set by tune.epochs"),
-        ({"space": {"train.seed": {"low": 1, "high": 9, "step": 2}}}, "seed.step: unknown key"),
-    ],
-)
-def test_bad_tune_sections_name_the_key(tune, message):
-    raw = raw_params()
-    raw["tune"].update(tune)
-    with pytest.raises(ParamsError) as e:
-        parse_params(raw)
-    assert message in str(e.value)
-    assert "\n" not in str(e.value)
-
-
-def test_bad_tune_section_fails_the_command_in_one_line_before_training(tmp_path):
-    raw = raw_params()
-    raw["tune"]["space"] = {"train.learning_rate": {"low": 0.1, "high": 0.01}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    proc = run(
-        [sys.executable, "-m", "pipeline.tune"],
-        tmp_path,
-        stage_env(PYTHONPATH=str(ROOT)),
-        check=False,
-    )
-    assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and "tune.space.train.learning_rate: low (0.1) > high" in errors[0]
-    assert not (tmp_path / "optuna.db").exists()
-
-
-def test_printed_command_parses_back_to_the_same_values():
-    # DVC parses -S values with Hydra's override grammar.
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    values = {
-        "train.learning_rate": 1.2345678901234567e-06,
-        "train.momentum": 0.1 + 0.2,
-        "train.batch_size": 64,
-        "train.max_samples": None,
-        "train.nesterov": True,
-        "model.activation": "relu",
-    }
-    command = exp_command("s-t3", values)
-    parser = OverridesParser.create()
-    sets = shlex.split(command)[6::2]
-    parsed = {o.key_or_group: o.value() for o in map(parser.parse_override, sets)}
-    assert shlex.split(command)[:5] == ["dvc", "exp", "run", "-n", "s-t3"]
-    assert parsed == values
-    assert all(type(parsed[k]) is type(v) for k, v in values.items())
 
 
 def _trials(url: str, study: str) -> list:
@@ -159,12 +75,28 @@ def test_two_workers_share_one_postgres_study_with_an_exact_budget(pg_sweep):
         assert r.data.params["train.epochs"] == "2" and r.data.params["train.threads"] == "1"
         assert float(r.data.params["train.learning_rate"]) == t.params["train.learning_rate"]
         assert len(t.intermediate_values) == len(
-            mlflow_client(project).get_metric_history(r.info.run_id, "val_accuracy")
+            mlflow_client(project).get_metric_history(r.info.run_id, "curves/val_accuracy")
         )
+        # Told apart at a glance in the runs table: a pruned trial's name says so; a
+        # complete one shows its final val_accuracy.
+        if t.state.name == "PRUNED":
+            assert r.info.run_name == f"pg-trial-{t.number} (pruned)"
+        else:
+            assert r.info.run_name == f"pg-trial-{t.number}"
+            assert r.data.metrics["val_accuracy"] == pytest.approx(t.value)
         assert "test_accuracy" not in r.data.metrics  # the test split is never read
         assert "model.uri" not in r.data.tags  # trials never become champion
     parent = mlflow_client(project).get_run(_parent(url))
     assert parent.info.status == "FINISHED" and parent.data.tags["optuna.best_trial"] == "0"
+    assert parent.data.tags["optuna.best_run_id"] == runs[0].info.run_id  # a link to it
+    # The parent carries the search: space, budget, sampler, pruner and the fixed params.
+    assert parent.data.params["tune.n_trials"] == "4"
+    assert parent.data.params["space.train.learning_rate"].endswith("(log)")
+    assert {"tune.sampler", "tune.pruner", "train.batch_size", "model.activation"} <= set(
+        parent.data.params
+    )
+    assert parent.data.metrics["sweep/best_val_accuracy"] == pytest.approx(trials[0].value)
+    assert parent.data.metrics["sweep/trials_pruned"] == states.count("PRUNED")
 
     best = yaml.safe_load((project / "data/tune/best.yaml").read_text())
     assert best["trial"] == 0 and best["val_accuracy"] == trials[0].value

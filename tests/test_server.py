@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from pipeline import server as team
-from tests.conftest import (
+from pipeline.testing.project import (
     ROOT,
     Server,
     clone_of,
@@ -62,12 +62,6 @@ def test_auth_config_is_private_and_escapes_percent(tmp_path):
     assert "auth_cache_ttl_seconds = 60" in text  # one PBKDF2 check per minute, not per request
     team.write_private(tmp_path / "a.ini", text)
     assert stat.S_IMODE((tmp_path / "a.ini").stat().st_mode) == 0o600
-
-
-def test_bare_postgresql_urls_get_the_installed_driver():
-    assert team.with_driver("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
-    assert team.with_driver("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
-    assert team.with_driver("sqlite:///x.db") == "sqlite:///x.db"
 
 
 def server_env(**env: str) -> dict[str, str]:
@@ -199,10 +193,6 @@ def trained(team_server, smoke_project, tmp_path_factory):
     project = clone_of(smoke_project, tmp_path_factory.mktemp("alice") / "project")
     proc = run(["dvc", "repro", "--force"], project, client_env(team_server.uri, "alice"))
     return project, proc.stdout + proc.stderr
-
-
-def _champion_metric(client, run_id: str, metric: str) -> float:
-    return client.get_run(run_id).data.metrics[metric]
 
 
 def ranking_metric(project: Path) -> str:
@@ -370,16 +360,20 @@ def test_two_machines_running_experiments_at_once_lose_nothing(
         r = found[0]
         assert r.info.status == "FINISHED"
         assert {"test_accuracy", "test_loss", "val_accuracy", metric} <= set(r.data.metrics)
-        assert len(client.get_metric_history(r.info.run_id, "val_accuracy")) == 2
+        assert len(client.get_metric_history(r.info.run_id, "curves/val_accuracy")) == 2
     versions = client.search_model_versions("name = 'lenet5-mnist'")
     assert len({v.run_id for v in versions}) == len(versions), "two versions of one run"
     finished = [
         r for r in client.search_runs([exp], "attributes.status = 'FINISHED'")
         if "model.uri" in r.data.tags and metric in r.data.metrics
     ]  # fmt: skip
-    champion = client.get_model_version_by_alias("lenet5-mnist", "champion")
-    best = max(r.data.metrics[metric] for r in finished)
-    assert _champion_metric(client, champion.run_id, metric) == best
+    # The best run is the champion, or the challenger if it was not significantly better.
+    best = max(finished, key=lambda r: r.data.metrics[metric])
+    holders = {}
+    for alias in ("champion", "challenger"):
+        with contextlib.suppress(Exception):
+            holders[alias] = client.get_model_version_by_alias("lenet5-mnist", alias).run_id
+    assert best.info.run_id in holders.values(), holders
 
 
 @pytest.mark.slow
@@ -413,3 +407,117 @@ def test_postgresql_going_down_mid_run_fails_the_stage_and_registers_nothing(
     )
     assert client.get_run(run_id).info.status != "FINISHED"
     assert {v.version for v in client.search_model_versions("name = 'lenet5-mnist'")} == before
+
+
+RACE_WORKER = """
+import os, pathlib, sys, time
+from pipeline import register
+from pipeline.core.cli import setup_logging
+setup_logging()
+base, me, rounds = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+os.chdir(base / me)
+for r in range(rounds):
+    deadline = time.monotonic() + 300
+    while not (base / f"go-{r}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        register.main()
+        status = "ok"
+    except BaseException as e:
+        status = f"error {e!r}"
+    (base / f"done-{r}-{me}").write_text(status)
+"""
+
+
+def _model_dir(model, path: Path) -> Path:
+    """A Keras model saved as an MLflow model folder (what a run's ``model`` artifact is)."""
+    import mlflow
+
+    mlflow.keras.save_model(model, str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_two_machines_registering_at_once_20_times_lose_nothing_and_duplicate_nothing(
+    team_server, trained, as_admin, tmp_path
+):
+    """alice and bob run `register` at the same moment, 20 rounds, on the team server
+    with EDIT permission only: each round a new best run (and a worse one) must end as
+    the one candidate version of its run and the champion, the worse run unregistered."""
+    import keras
+    from mlflow.server import get_app_client
+
+    project, _ = trained
+    client = as_admin
+    name, experiment = "race-model", "race"
+    exp = client.create_experiment(experiment)
+    accounts = get_app_client("basic-auth", tracking_uri=team_server.uri)
+    for user in ("alice", "bob"):
+        accounts.grant_user_permission(user, "experiment", exp, "EDIT")
+        accounts.grant_user_permission(user, "registered_model", name, "EDIT")
+
+    strong = keras.saving.load_model(project / "data/train/model.keras")
+    weak = keras.models.clone_model(strong)  # same network, untrained weights
+    dirs = {"strong": _model_dir(strong, tmp_path / "strong"),
+            "weak": _model_dir(weak, tmp_path / "weak")}  # fmt: skip
+
+    def finished_run(model: str, val_accuracy: float) -> str:
+        r = client.create_run(exp)
+        run_id = r.info.run_id
+        client.log_artifacts(run_id, str(dirs[model]), "model")
+        for key, value in {"val_accuracy": val_accuracy, "val_loss": 1 - val_accuracy,
+                           "test_accuracy": val_accuracy, "test_loss": 1.0}.items():  # fmt: skip
+            client.log_metric(run_id, key, value)
+        client.set_tag(run_id, "model.uri", f"runs:/{run_id}/model")
+        client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    # The champion every round starts from: a weak model, registered once.
+    weak_run = finished_run("weak", 0.10)
+    client.create_registered_model(name)
+    weak_version = client.create_model_version(name, f"runs:/{weak_run}/model", weak_run)
+    with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
+        x, y = z["x"][:2000], z["y"][:2000]  # the gate's images: a slice is enough here
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["tracking"]["experiment"], params["register"]["model_name"] = experiment, name
+    for user in ("alice", "bob"):
+        (tmp_path / user / "data/prepared").mkdir(parents=True)
+        np.savez(tmp_path / user / "data/prepared/test.npz", x=x, y=y)
+        (tmp_path / user / "params.yaml").write_text(yaml.safe_dump(params))
+
+    rounds = 20
+    workers = {
+        user: subprocess.Popen(
+            [sys.executable, "-c", RACE_WORKER, str(tmp_path), user, str(rounds)],
+            env=client_env(team_server.uri, user), stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / f"{user}.log", "w"),  # noqa: SIM115
+        )
+        for user in ("alice", "bob")
+    }  # fmt: skip
+    try:
+        for r in range(rounds):
+            client.set_registered_model_alias(name, "champion", weak_version.version)
+            best = finished_run("strong", 0.50 + r / 100)  # better than every earlier run
+            worse = finished_run("strong", 0.40 + r / 100)
+            (tmp_path / f"go-{r}").touch()
+            for user in workers:
+                done = tmp_path / f"done-{r}-{user}"
+                deadline = time.monotonic() + 300
+                while not done.exists() and time.monotonic() < deadline:
+                    assert workers[user].poll() is None, (tmp_path / f"{user}.log").read_text()
+                    time.sleep(0.05)
+                assert done.read_text() == "ok", (r, user, done.read_text())
+            versions = client.search_model_versions(f"name = '{name}' and run_id = '{best}'")
+            kept = [v for v in versions if "duplicate_of" not in v.tags]
+            assert len(kept) == 1, (r, [(v.version, v.tags) for v in versions])  # no duplicate
+            assert all(v.tags["duplicate_of"] == str(kept[0].version)
+                       for v in versions if v.version != kept[0].version)  # fmt: skip
+            champion = client.get_model_version_by_alias(name, "champion")
+            assert str(champion.version) == str(kept[0].version), r  # the better run, not lost
+            assert champion.tags["gate.decision"] == "promoted"
+            assert not client.search_model_versions(f"name = '{name}' and run_id = '{worse}'")
+    finally:
+        for proc in workers.values():
+            proc.kill()
+            proc.wait()
+    no_secret_in((tmp_path / "alice.log").read_text() + (tmp_path / "bob.log").read_text())

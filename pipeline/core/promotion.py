@@ -1,0 +1,199 @@
+"""The rules that decide which run is best and whether it may become the champion.
+
+Pure functions on ``mlflow.search_runs``-style tables and metric dicts, used by
+``register``, ``compare`` and the model card, so all three rank alike:
+
+- a *candidate* is a full pipeline run: FINISHED, evaluated, with a logged model (sweep
+  trials have neither, so they never compete);
+- runs are ranked by ``register.metric`` of the final model (default ``val_accuracy``),
+  then by the lower matching loss (``val_loss``), then newest first;
+- the best candidate replaces the champion only on evidence (:func:`decide`): both models
+  scored on the same images, an exact McNemar test on the images where they disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.tracking.runs import MODEL_URI_TAG
+
+MODEL_COLUMN = f"tags.{MODEL_URI_TAG}"
+# FINISHED and evaluated (evaluate logs test_accuracy to the training's run).
+CANDIDATE_FILTER = "attributes.status = 'FINISHED' and metrics.test_accuracy >= 0"
+RANK_COLUMNS = (
+    "metrics.val_accuracy",
+    "metrics.val_loss",
+    "metrics.test_accuracy",
+    "metrics.test_loss",
+)
+
+
+def loss_of(metric: str) -> str:
+    """The tie-breaking loss of an accuracy metric: val_accuracy -> val_loss."""
+    return metric.replace("accuracy", "loss")
+
+
+def order(runs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
+    """Runs best first: ``metrics.<metric>`` desc, its loss asc, newest first; runs
+    without the metric last."""
+    keys = [f"metrics.{metric}", f"metrics.{loss_of(metric)}"]
+    runs = runs.assign(**{k: runs[k] if k in runs else float("nan") for k in keys})
+    by = [*keys, "start_time"] if "start_time" in runs else keys
+    ascending = [False, True, False][: len(by)]
+    return runs.sort_values(by, ascending=ascending, na_position="last", kind="stable")
+
+
+def rank_runs(runs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
+    """Candidates (runs with a logged model) best first, as :func:`order` ranks them."""
+    return order(runs[runs[MODEL_COLUMN].notna()], metric)
+
+
+# --- The paired test: is the candidate better on the same images? --------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Paired:
+    """Two models scored on the same ``n`` images.
+
+    ``champion_only``: images the champion gets right and the candidate wrong;
+    ``candidate_only``: the reverse. Images both get right or both wrong say nothing about
+    which is better, so the test looks at these discordant pairs only (McNemar).
+    """
+
+    n: int
+    champion_only: int
+    candidate_only: int
+
+    @property
+    def gain(self) -> float:
+        """Candidate minus champion accuracy, in points (percent)."""
+        return 100.0 * (self.candidate_only - self.champion_only) / self.n
+
+    @property
+    def p_value(self) -> float:
+        """Exact two-sided McNemar test: under "equally good", each discordant image is a
+        fair coin flip, so ``candidate_only`` ~ Binomial(discordant, 1/2)."""
+        from scipy.stats import binomtest
+
+        discordant = self.champion_only + self.candidate_only
+        if discordant == 0:
+            return 1.0
+        return float(binomtest(self.candidate_only, discordant, 0.5).pvalue)
+
+    def gain_interval(self, confidence: float = 0.95) -> tuple[float, float]:
+        """Interval of the accuracy difference in points: the Wald interval for paired
+        proportions, ``d ± z·sqrt(b + c − (c − b)²/n)/n``."""
+        from scipy.stats import norm
+
+        b, c, n = self.champion_only, self.candidate_only, self.n
+        z = float(norm.ppf(0.5 + confidence / 2))
+        half = z * math.sqrt(max(0.0, b + c - (c - b) ** 2 / n)) / n
+        return (self.gain - 100 * half, self.gain + 100 * half)
+
+
+def paired(y: np.ndarray, champion_pred: np.ndarray, candidate_pred: np.ndarray) -> Paired:
+    """Count the discordant pairs of two models' predicted labels on the same images."""
+    if not (len(y) == len(champion_pred) == len(candidate_pred)) or len(y) == 0:
+        raise ValueError("both models must be scored on the same, non-empty set of images")
+    a, b = champion_pred == y, candidate_pred == y
+    return Paired(len(y), int((a & ~b).sum()), int((~a & b).sum()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What register does with the best candidate, and the one line that says why."""
+
+    decision: Literal["first", "promoted", "kept", "same"]
+    reason: str
+
+    @property
+    def promote(self) -> bool:
+        return self.decision in ("first", "promoted")
+
+
+def decide(result: Paired | None, alpha: float, min_gain: float) -> Decision:
+    """Promote only on evidence: the candidate has more wins, the exact McNemar
+    p < ``alpha`` and the gain is at least ``min_gain`` points. ``None``: no champion yet."""
+    if result is None:
+        return Decision("first", "no champion yet: promoted without a test")
+    p, gain = result.p_value, result.gain
+    facts = (
+        f"{gain:+.2f} pts ({result.candidate_only} vs {result.champion_only} disagreements, "
+        f"p = {p:.3g}"
+    )
+    if gain <= 0:
+        return Decision("kept", f"{facts}): not better")
+    if p >= alpha:
+        return Decision("kept", f"{facts} >= {alpha:g})")
+    if gain < min_gain:
+        return Decision("kept", f"{facts}; gain < register.min_gain {min_gain:g})")
+    return Decision("promoted", f"{facts} < {alpha:g})")
+
+
+def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sound near 0 and 1, unlike the Wald one)."""
+    from scipy.stats import norm
+
+    if n == 0:
+        return (0.0, 1.0)
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+GATE_TAG_PREFIX = "gate."
+
+
+def gate_record(
+    result: Paired | None,
+    split: str,
+    n: int,
+    alpha: float,
+    min_gain: float,
+    against: str | None = None,
+) -> dict[str, object]:
+    """The gate's facts as champion.json's ``gate`` holds them (``decision`` and ``reason``
+    are added by the caller). ``discordant``: [champion right & candidate wrong, candidate
+    right & champion wrong]; the accuracy difference is the candidate's minus the
+    champion's, in points, with its 95 % interval."""
+    record: dict[str, object] = {
+        "against": against,
+        "images": {"split": split, "count": n},
+        "alpha": alpha,
+        "min_gain": min_gain,
+    }
+    if result is not None:
+        low, high = result.gain_interval()
+        record |= {
+            "p_value": float(f"{result.p_value:.6g}"),  # 3.1e-136 stays, not 0.0
+            "discordant": [result.champion_only, result.candidate_only],
+            "accuracy_diff_pts": round(result.gain, 4),
+            "accuracy_diff_ci95_pts": [round(low, 4), round(high, 4)],
+        }
+    return record
+
+
+def gate_tags(record: Mapping[str, object]) -> dict[str, str]:
+    """The gate record as model-version tags (the registry page shows them), plus the
+    whole record as JSON, for register to read back."""
+    tags = {f"{GATE_TAG_PREFIX}record": json.dumps(record, sort_keys=True)}
+    for key in ("decision", "against", "p_value", "discordant", "accuracy_diff_pts",
+                "accuracy_diff_ci95_pts", "alpha"):  # fmt: skip
+        if record.get(key) is not None:
+            value = record[key]
+            tags[f"{GATE_TAG_PREFIX}{key}"] = (
+                ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            )
+    images = record.get("images")
+    if isinstance(images, Mapping):
+        tags[f"{GATE_TAG_PREFIX}images"] = f"{images['split']} ({images['count']})"
+    return tags

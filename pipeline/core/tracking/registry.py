@@ -1,0 +1,114 @@
+"""The MLflow Model Registry: versions, their lineage tags and aliases."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from pipeline.core.errors import TrackingError
+from pipeline.core.tracking.store import client, error_line
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+def versions_of_run(name: str, run_id: str) -> list[ModelVersion]:
+    """Every version of ``name`` made from ``run_id``, lowest first (none if the
+    registered model does not exist yet)."""
+    import mlflow
+
+    try:
+        found = client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def version_of_run(name: str, run_id: str) -> ModelVersion | None:
+    """The registered version made from ``run_id`` (the lowest, if several), if any."""
+    found = versions_of_run(name, run_id)
+    return found[0] if found else None
+
+
+def register(model_uri: str, name: str, tags: Mapping[str, str]) -> ModelVersion:
+    """Create a new version of ``name`` from a logged model, tagged with its lineage."""
+    import mlflow
+
+    try:
+        return mlflow.register_model(model_uri, name, tags=dict(tags))
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot register {model_uri} as {name}: {error_line(e)}") from None
+
+
+def alias_target(name: str, alias: str) -> ModelVersion | None:
+    """The version ``name@alias`` points at; None if the model, alias or version is gone."""
+    import mlflow
+
+    try:
+        return client().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException as e:
+        log.info("%s@%s not found (%s)", name, alias, error_line(e))
+        return None
+
+
+def model_version(name: str, version: str) -> ModelVersion | None:
+    import mlflow
+
+    try:
+        return client().get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def model_versions(name: str) -> list[ModelVersion]:
+    """Every version of a registered model (none if it does not exist yet)."""
+    import mlflow
+
+    try:
+        return list(client().search_model_versions(f"name = '{name}'"))
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot list the versions of {name}: {error_line(e)}") from None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    import mlflow
+
+    try:
+        client().set_registered_model_alias(name, alias, version)
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot set {name}@{alias}: {error_line(e)}") from None
+
+
+def set_version_tags(name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Tag a model version (the registry page shows them)."""
+    import mlflow
+
+    try:
+        for key, value in tags.items():
+            client().set_model_version_tag(name, version, key, value)
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot tag {name} version {version}: {error_line(e)}") from None
+
+
+def set_description(name: str, version: str, text: str) -> None:
+    """The version's description (Markdown, shown on its registry page)."""
+    import mlflow
+
+    try:
+        client().update_model_version(name, version, description=text)
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot describe {name} version {version}: {error_line(e)}") from None
+
+
+def delete_alias(name: str, alias: str) -> None:
+    """Remove ``name@alias`` (nothing happens if it does not exist)."""
+    import mlflow
+
+    try:
+        client().delete_registered_model_alias(name, alias)
+    except mlflow.exceptions.MlflowException as e:
+        if getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingError(f"cannot remove {name}@{alias}: {error_line(e)}") from None

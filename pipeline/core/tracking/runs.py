@@ -1,0 +1,348 @@
+"""MLflow runs: start and end them, log params, metrics, datasets, artifacts and the model,
+and find them again."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.core.errors import TrackingError
+from pipeline.core.tracking.store import client, error_line
+
+if TYPE_CHECKING:  # imported lazily at run time: MLflow and Keras take seconds to import
+    import keras
+    import numpy as np
+    import pandas as pd
+    from mlflow.data.dataset import Dataset
+    from mlflow.entities import Run
+    from mlflow.pyfunc import PyFuncModel
+
+log = logging.getLogger(__name__)
+
+MODEL_URI_TAG = "model.uri"  # set on a run once its model is logged
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI folds children)
+
+
+@contextlib.contextmanager
+def active_run(
+    run_id: str | None = None,
+    *,
+    experiment_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    system_metrics: bool = False,
+) -> Iterator[str]:
+    """Start (or resume) a run; on exit mark it FINISHED, FAILED, or KILLED on interrupt.
+
+    ``parent_run_id``: nest it (a sweep trial under its sweep). ``system_metrics``: MLflow
+    samples CPU, memory (and GPU) into ``system/*`` metrics.
+    """
+    import mlflow
+
+    tags = {**(tags or {}), **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
+    try:
+        run = mlflow.start_run(
+            run_id=run_id,
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags=tags,
+            log_system_metrics=system_metrics,
+        )
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot start MLflow run: {error_line(e)}") from None
+    status = "FAILED"
+    try:
+        yield run.info.run_id
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except mlflow.exceptions.MlflowException as e:  # e.g. the server went away mid-run
+        raise TrackingError(f"MLflow run {run.info.run_id}: {error_line(e)}") from None
+    finally:
+        end_run(status)
+        log.info("MLflow run %s %s", run.info.run_id, status)
+
+
+def end_run(status: str) -> None:
+    """End the active run as FINISHED, FAILED or KILLED (a failing store only warns)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    try:
+        mlflow.end_run(status=status)
+    except Exception as e:  # the store itself may be what failed
+        run_id = run.info.run_id if run else "(none)"
+        log.warning("could not mark run %s %s: %s", run_id, status, error_line(e))
+
+
+def create_run(experiment_id: str, run_name: str, tags: Mapping[str, str]) -> str:
+    """A new RUNNING run that is not made active here (e.g. a sweep's parent run)."""
+    import mlflow
+
+    try:
+        run = client().create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot create MLflow run {run_name}: {error_line(e)}") from None
+    return run.info.run_id
+
+
+def terminate(run_id: str, status: str) -> None:
+    """Mark a run that is not the active one FINISHED, FAILED or KILLED (e.g. a trial whose
+    worker died: the worker that notices it ends the dead worker's run)."""
+    import mlflow
+
+    try:
+        client().set_terminated(run_id, status)
+    except mlflow.exceptions.MlflowException as e:
+        log.warning("could not mark run %s %s: %s", run_id, status, error_line(e))
+
+
+def set_running(run_id: str) -> None:
+    """Reopen a run (a resumed sweep's parent)."""
+    client().update_run(run_id, status="RUNNING")
+
+
+def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
+    """Log flattened params to the active run or ``run_id`` (lists joined by commas)."""
+    import mlflow
+    from mlflow.entities import Param
+
+    values = {k: _param_value(v) for k, v in params.items()}
+    if run_id is None:
+        mlflow.log_params(values)
+    else:
+        client().log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
+
+
+def _param_value(value: Any) -> Any:
+    """As a person reads it: lists joined by commas, whole floats as integers (10, not
+    10.0: the compare view shows params as strings)."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def log_metrics(
+    metrics: Mapping[str, float], step: int | None = None, run_id: str | None = None
+) -> None:
+    """Log to the active run, or to ``run_id`` (e.g. a sweep's parent) when given."""
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=run_id)
+
+
+def set_tags(tags: Mapping[str, str], run_id: str | None = None) -> None:
+    """Tag the active run, or ``run_id`` when given."""
+    import mlflow
+
+    if run_id is None:
+        mlflow.set_tags(dict(tags))
+        return
+    for key, value in tags.items():
+        client().set_tag(run_id, key, value)
+
+
+def log_dataset(
+    x: np.ndarray, y: np.ndarray, *, name: str, source: Path, digest: str, context: str
+) -> Dataset:
+    """Log a split as one of the run's dataset inputs; return MLflow's dataset object.
+
+    ``digest`` is DVC's content hash of ``source`` (the file's MD5), so the MLflow UI's
+    Dataset column and dvc.lock name the same bytes.
+    """
+    import warnings
+
+    import mlflow
+
+    with warnings.catch_warnings():  # MLflow registers its local source class twice
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_numpy(
+            x, targets=y, source=source.as_posix(), name=name, digest=digest
+        )
+    mlflow.log_input(dataset, context=context)
+    return dataset
+
+
+def log_model_metrics(metrics: Mapping[str, float], dataset: Dataset | None = None) -> None:
+    """Log run metrics that are also linked to the run's logged model (MLflow 3
+    ``LoggedModel``), so the experiment's Models view ranks models by them."""
+    import mlflow
+
+    run = mlflow.active_run()
+    model_uri = client().get_run(run.info.run_id).data.tags.get(MODEL_URI_TAG, "")
+    model_id = model_uri.removeprefix("models:/") or None
+    mlflow.log_metrics(
+        {k: float(v) for k, v in metrics.items()}, model_id=model_id, dataset=dataset
+    )
+
+
+def log_artifact(path: Path, artifact_dir: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_dir)
+
+
+def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:
+    """A text artifact of the active run, or of ``run_id`` when given."""
+    import mlflow
+
+    if run_id is None:
+        mlflow.log_text(text, artifact_file)
+        return
+    try:
+        client().log_text(run_id, text, artifact_file)
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(
+            f"cannot log {artifact_file} to run {run_id}: {error_line(e)}"
+        ) from None
+
+
+def read_text_artifact(run_id: str, artifact_file: str) -> str | None:
+    """A run's text artifact (``evaluation/per_class.csv``), None if it has none."""
+    import mlflow
+
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_file}")
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
+
+
+def dataset_sizes(run: Run) -> dict[str, int]:
+    """Images per logged dataset input of a run: ``{"train": 55000, "val": 5000, ...}``
+    (from the inputs train and evaluate log, named ``mnist-<split>``)."""
+    import json
+
+    sizes = {}
+    for item in run.inputs.dataset_inputs if run.inputs else ():
+        dataset = item.dataset
+        try:
+            shape = json.loads(dataset.profile or "{}").get("features_shape") or []
+        except ValueError:
+            continue
+        if shape:
+            sizes[dataset.name.removeprefix("mnist-")] = int(shape[0])
+    return sizes
+
+
+CURVES = "curves/"  # the learning curves' chart section in the MLflow UI
+
+
+def epoch_logger() -> keras.callbacks.Callback:
+    """A Keras callback logging every epoch's metrics to the active run as the learning
+    curves ``curves/loss``, ``curves/val_accuracy``, ..., step = epoch."""
+    import keras
+
+    from pipeline.core.metrics import float32_value
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            curves = {f"{CURVES}{k}": float32_value(v) for k, v in (logs or {}).items()}
+            log_metrics(curves, step=epoch + 1)
+
+    return EpochLogger()
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned from what is installed: inferring them costs MLflow ~7 s per model."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("mlflow", "keras", "tensorflow", "numpy")]
+
+
+def log_model(model: keras.Model, input_example: np.ndarray) -> str:
+    """Log the model in MLflow's Keras flavour with a signature and an input example.
+
+    ``mlflow.keras.log_model(..., input_example=...)`` fails in MLflow 3.17 with
+    FileNotFoundError: its save_model writes input_example.json before creating the
+    model folder. ``Model.log`` with a flavour whose save_model creates the folder first
+    records the same MLmodel (loader ``mlflow.keras``), signature and example included.
+    """
+    import types
+
+    import mlflow
+    from mlflow.models import Model, infer_signature
+
+    def save_model(path: str, **kwargs: Any) -> None:
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+    flavor = types.SimpleNamespace(__name__="mlflow.keras", save_model=save_model)
+    signature = infer_signature(input_example, model.predict(input_example, verbose=0))
+    info = Model.log(
+        None,
+        name="model",
+        flavor=flavor,
+        model=model,
+        signature=signature,
+        input_example=input_example,
+        pip_requirements=_pip_requirements(),
+    )
+    mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+    return info.model_uri
+
+
+def load_pyfunc(model_uri: str) -> PyFuncModel:
+    """Load a logged or registered model (``models:/name@alias``, ``runs:/...``) for predict.
+
+    A missing registered model, alias or artifact becomes one line naming the URI.
+    """
+    import mlflow
+
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except (mlflow.exceptions.MlflowException, OSError) as e:
+        raise TrackingError(f"cannot load {model_uri}: {error_line(e)}") from None
+
+
+def predicted_labels(model_uri: str, x: np.ndarray) -> np.ndarray:
+    """The digit a logged or registered model predicts for each image (N×28×28 uint8):
+    the per-image predictions that the promotion gate and ``compare --against`` test."""
+    import contextlib
+    import sys
+
+    import numpy as np
+
+    with contextlib.redirect_stdout(sys.stderr):  # the Keras flavour's progress output
+        model = load_pyfunc(model_uri)
+        try:
+            probs = np.asarray(model.predict(x))
+        except Exception as e:  # an unreadable model may fail only when it runs
+            raise TrackingError(f"{model_uri} cannot predict: {error_line(e)}") from None
+    return probs.argmax(axis=1)
+
+
+def get_run(run_id: str) -> Run | None:
+    import mlflow
+
+    try:
+        return client().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def search_runs(
+    experiment_id: str, filter_string: str = "", columns: Sequence[str] = ()
+) -> pd.DataFrame:
+    """``mlflow.search_runs`` newest first. ``columns`` (``metrics.val_accuracy``, ...) are
+    there even when nothing matched or no run logged them (as None), so callers can rely
+    on them; ``run_id``, ``status``, ``start_time``, ``end_time`` and the model tag always."""
+    import mlflow
+
+    df = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=filter_string,
+        order_by=["attributes.start_time DESC"],
+    )
+    base = ("run_id", "status", "start_time", "end_time", f"tags.{MODEL_URI_TAG}")
+    for column in (*base, *columns):
+        if column not in df:
+            df[column] = None
+    return df

@@ -1,0 +1,210 @@
+"""Throwaway copies of this project and the processes the tests run in them: stage
+commands with the project's venv first on PATH, and real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from pipeline.core.params import Params, load_params
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout this package was installed from
+SHARED_MNIST = ROOT.parent / "shared" / "mnist"
+VENV_BIN = Path(sys.executable).parent
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """Environment for `dvc`/stage subprocesses: this venv first on PATH, no outside store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("PYTHONPATH", None)
+    # Tests never reach for the public mirrors, even when a stage reruns unexpectedly.
+    env["MNIST_MIRROR"] = str(SHARED_MNIST)
+    env.update(extra)
+    return env
+
+
+def run(
+    cmd: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
+    """Run a command; on an unexpected failure show its output in the assertion."""
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env or stage_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n"
+            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy the project's source (what git would commit) into ``dest`` as a fresh git repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in files:
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "add", "-A"], dest)
+    run([*git, "commit", "-qm", "copy"], dest)
+    return dest
+
+
+def set_params(project: Path, **changes: object) -> None:
+    """set_params(p, train__epochs=1) edits params.yaml (section__key=value)."""
+    path = project / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        section, name = key.split("__", 1)
+        raw[section][name] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+SMOKE = {"train__max_samples": 2000, "train__epochs": 2, "train__batch_size": 128}
+
+
+def clone_of(project: Path, dest: Path) -> Path:
+    """A full copy (data, DVC cache and MLflow store included) to change freely."""
+    shutil.copytree(project, dest, symlinks=True, dirs_exist_ok=True)
+    return dest
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``proc`` died."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+class Server:
+    """A server process in its own process group, stopped (with its workers) on exit."""
+
+    def __init__(self, cmd: list[str], cwd: Path, env: dict[str, str], health_url: str):
+        self.cmd, self.cwd, self.env, self.health_url = cmd, cwd, env, health_url
+
+    def __enter__(self) -> subprocess.Popen:
+        # A file, not a pipe: nobody drains a pipe, and a full one blocks the server.
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log")
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=self.cwd,
+            env=self.env,
+            text=True,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_http(self.health_url, self.proc)
+        except BaseException as e:
+            self.__exit__()
+            self.log.seek(0)
+            raise AssertionError(f"{e}\n--- server log\n{self.log.read()[-4000:]}") from None
+        return self.proc
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def tracking_server(workdir: Path, port: int | None = None) -> Server:
+    """A real `mlflow server` on 127.0.0.1 (SQLite store and proxied artifacts in
+    ``workdir``); the same ``workdir`` and ``port`` restart the same server."""
+    port = port or free_port()
+    uri = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'server.db'}",
+        "--artifacts-destination",
+        str(workdir / "server-artifacts"),
+    ]
+    server = Server(cmd, workdir, stage_env(), f"{uri}/health")
+    server.uri, server.port = uri, port
+    return server
+
+
+def start_training(project: Path, env: dict[str, str], until: str = "epoch 1/"):
+    """Start the train stage in the background; return once its log shows ``until``."""
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train"],
+        cwd=project,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if until in line or not line:
+            break
+    assert proc.poll() is None, "".join(seen)
+    return proc, seen
+
+
+def reference_params(changes: dict[str, object] | None = None) -> Params:
+    """The project's own params.yaml (the reference recipe), with flat ``section.key``
+    changes (``{"train.epochs": 1}``), each checked as params.yaml's would be."""
+    params = load_params(ROOT / "params.yaml")
+    return params.with_values(changes) if changes else params

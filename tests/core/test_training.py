@@ -1,0 +1,35 @@
+"""pipeline.core.training: the learning-rate schedule and optimizer come from params."""
+
+import pytest
+
+from pipeline.core.training import learning_rate, make_optimizer
+from pipeline.testing.project import reference_params
+
+
+def train_params(**changes: object):
+    """The reference recipe's train section with these keys changed."""
+    return reference_params({f"train.{k}": v for k, v in changes.items()}).train
+
+
+def test_schedules_and_optimizers_come_from_params():
+    cosine = learning_rate(train_params(lr_schedule="cosine", epochs=10, learning_rate=0.1), 100)
+    assert float(cosine(0)) == pytest.approx(0.1)
+    assert float(cosine(1000)) == pytest.approx(0.0, abs=1e-6)
+    warm = learning_rate(
+        train_params(lr_schedule="cosine", warmup_epochs=1, epochs=10, learning_rate=0.1), 100
+    )
+    assert float(warm(50)) == pytest.approx(0.05, rel=1e-3)
+    step = learning_rate(
+        train_params(lr_schedule="step", lr_decay_epochs=2, lr_decay_rate=0.5, learning_rate=0.1),
+        100,
+    )
+    assert [round(float(step(s)), 6) for s in (0, 199, 200, 400)] == [0.1, 0.1, 0.05, 0.025]
+    reference = train_params()
+    assert reference.lr_schedule == "constant" and reference.learning_rate == 0.01
+    assert learning_rate(reference, 100) == 0.01
+    sgd = make_optimizer(train_params(momentum=0.9, nesterov=True), 10)
+    assert type(sgd).__name__ == "SGD" and sgd.nesterov and sgd.momentum == 0.9
+    assert (
+        type(make_optimizer(train_params(optimizer="adamw", weight_decay=1e-4), 10)).__name__
+        == "AdamW"
+    )
