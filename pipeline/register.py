@@ -25,6 +25,7 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+import jinja2
 import pandas as pd
 
 from pipeline.core import card, tracking
@@ -185,7 +186,11 @@ def write_card(cfg: RegisterParams, champion: ModelVersion, run_obj: Run, record
     run's ``card.md`` artifact and the version's description (the registry page; without
     its YAML front matter, shortened if it would pass MLflow's 5,000 characters)."""
     facts = card_facts(cfg, champion, run_obj, record)
-    text = card.render(facts)
+    try:
+        text = card.render(facts)
+    except jinja2.UndefinedError as e:  # a run logged without a fact the card shows
+        log.warning("model card of %s v%s: %s", cfg.model_name, champion.version, e)
+        text = card.missing(facts, str(e))
     atomic_write(CARD_FILE, lambda tmp: tmp.write_text(text))
     shown = card.description(text)  # the registry keeps at most 5,000 characters
     if champion.description != shown:

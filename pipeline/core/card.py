@@ -359,3 +359,13 @@ def _drop_section(text: str, heading: str) -> tuple[str, bool]:
         len(lines),
     )  # fmt: skip
     return "".join(lines[:start] + lines[end:]), True
+
+
+def missing(facts: CardFacts, reason: str) -> str:
+    """The card of a version whose run lacks a fact the card shows (a run logged by hand,
+    or before the card existed): what it is, and why there is no more."""
+    return (
+        f"# {facts.name} version {facts.version}\n\n"
+        f"No model card: its MLflow run `{facts.run_id}` lacks a fact the card shows "
+        f"({reason}). Runs of this pipeline's train and evaluate stages log them all.\n"
+    )

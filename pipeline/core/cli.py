@@ -44,11 +44,12 @@ def run(main: Callable[[], object]) -> None:
 _received: list[int] = []  # signals seen by this process
 
 
-def interrupted() -> bool:
-    """Whether SIGINT/SIGTERM arrived. The KeyboardInterrupt the handler raises can be
-    swallowed when it lands in a callback Python ignores exceptions from (an import lock's
-    weakref callback, a ``__del__``), so long loops also check this between steps."""
-    return bool(_received)
+def signals_received() -> int:
+    """How many SIGINT/SIGTERM this process received. The KeyboardInterrupt the handler
+    raises can be swallowed when it lands in a callback Python ignores exceptions from (an
+    import lock's weakref callback, a ``__del__``), so long loops also compare this count
+    with the one they started with, between steps."""
+    return len(_received)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

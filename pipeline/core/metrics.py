@@ -9,9 +9,10 @@ _EPS = 1e-7  # Keras clips probabilities the same way in categorical cross-entro
 
 
 def float32_value(value: float) -> float:
-    """A float32 quantity (what Keras reports) as the shortest decimal that is the same
-    float32: 0.9084, not 0.9083999991416931, in metrics files and MLflow alike."""
-    return float(str(np.float32(value)))
+    """A float32 figure (what Keras reports) to the six significant digits it is good for:
+    0.8906, not 0.89059997 or 0.8905999660491943. (float32 carries about seven, and a
+    mean over batches in float32 spends the last one on rounding error.)"""
+    return float(f"{float(np.float32(value)):.6g}")
 
 
 def cross_entropy(probs: np.ndarray, y: np.ndarray) -> float:

@@ -109,7 +109,7 @@ def fit(
     """Train; return the per-epoch history (epoch, loss, accuracy, val_loss, val_accuracy).
 
     Raises TrainingDiverged when the loss stops being finite, KeyboardInterrupt after an
-    epoch in which SIGINT/SIGTERM arrived (if its own KeyboardInterrupt was swallowed).
+    epoch in which SIGINT/SIGTERM arrived (if the handler's own one was swallowed).
     """
     callbacks = [*callbacks, StopOnSignal()]
     if cfg.loop == "compiled":
@@ -148,10 +148,15 @@ def fit(
 
 
 class StopOnSignal(keras.callbacks.Callback):
-    """Ends training at the epoch's end once SIGINT/SIGTERM arrived (see cli.interrupted)."""
+    """Ends training at an epoch's end if SIGINT/SIGTERM arrived since it started, in case
+    the handler's own KeyboardInterrupt was swallowed (see cli.signals_received)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before = cli.signals_received()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if cli.interrupted():
+        if cli.signals_received() > self.before:
             raise KeyboardInterrupt("interrupted")
 
 

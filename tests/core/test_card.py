@@ -347,3 +347,12 @@ def test_description_fits_the_registry_and_keeps_what_matters():
     assert "### Out of scope" not in short and "full card is `data/register/card.md`" in short
     roomy = card.description(text, limit=100_000)
     assert roomy == text.split("\n---\n", 1)[1].lstrip("\n")  # only the front matter goes
+
+
+def test_a_run_without_the_facts_gets_a_card_that_says_so():
+    facts = dataclasses.replace(make_facts(), params={})
+    with pytest.raises(jinja2.UndefinedError):
+        card.render(facts)
+    text = card.missing(facts, "'dict object' has no attribute 'model.padding'")
+    assert text.startswith(f"# {facts.name} version {facts.version}\n")
+    assert facts.run_id in text and "model.padding" in text

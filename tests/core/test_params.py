@@ -161,3 +161,16 @@ def test_exponent_floats_as_dvc_writes_them_are_numbers():
     raw["train"]["batch_size"] = "1e2"  # not an integer field
     with pytest.raises(ParamsError, match="train.batch_size: expected an integer"):
         parse_params(raw)
+
+
+def test_with_values_sets_flat_keys_checked_like_params_yaml():
+    p = parse_params(raw_params())
+    q = p.with_values({"train.epochs": 3, "model.activation": "relu", "train.lr_decay_epochs": 5})
+    assert (q.train.epochs, q.model.activation, q.train.lr_decay_epochs) == (3, "relu", 5.0)
+    assert p.train.epochs == 30 and q.download == p.download  # the rest as it was
+    with pytest.raises(ParamsError, match="train.epochs: must be >= 1"):
+        p.with_values({"train.epochs": 0})
+    with pytest.raises(ParamsError, match="train.epochz: unknown key"):
+        p.with_values({"train.epochz": 3})
+    with pytest.raises(ParamsError, match="augmentation"):  # cross-field checks too
+        p.with_values({"train.loop": "fit", "train.augment_shift": 2})
