@@ -42,7 +42,7 @@ PYTEST_WORKERS ?= 2
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 
 # The unit tests alone (no training, no dvc repro, no servers): under 2 minutes.
 test-fast: setup

@@ -176,7 +176,9 @@ def tracking_server(workdir: Path, port: int | None = None) -> Server:
         "--artifacts-destination",
         str(workdir / "server-artifacts"),
     ]
-    server = Server(cmd, workdir, stage_env(), f"{uri}/health")
+    # No job runner: MLflow would start 5 more worker processes for GenAI jobs (unused).
+    env = stage_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    server = Server(cmd, workdir, env, f"{uri}/health")
     server.uri, server.port = uri, port
     return server
 

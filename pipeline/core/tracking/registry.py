@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from pipeline.core.errors import TrackingError
@@ -13,6 +14,24 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
+
+# Two machines writing the same tag or alias at once: MLflow's store reads, then inserts,
+# so the second insert breaks the primary key (PostgreSQL: UniqueViolation). The row now
+# exists, and writing again updates it.
+_RACE_MARKS = ("UniqueViolation", "duplicate key", "UNIQUE constraint failed")
+
+
+def _write(call: Callable[[], object], attempts: int = 3) -> None:
+    import mlflow
+
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except mlflow.exceptions.MlflowException as e:
+            if attempt == attempts - 1 or not any(m in str(e) for m in _RACE_MARKS):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def versions_of_run(name: str, run_id: str) -> list[ModelVersion]:
@@ -77,7 +96,7 @@ def set_alias(name: str, alias: str, version: str) -> None:
     import mlflow
 
     try:
-        client().set_registered_model_alias(name, alias, version)
+        _write(lambda: client().set_registered_model_alias(name, alias, version))
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"cannot set {name}@{alias}: {error_line(e)}") from None
 
@@ -88,7 +107,7 @@ def set_version_tags(name: str, version: str, tags: Mapping[str, str]) -> None:
 
     try:
         for key, value in tags.items():
-            client().set_model_version_tag(name, version, key, value)
+            _write(lambda k=key, v=value: client().set_model_version_tag(name, version, k, v))
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"cannot tag {name} version {version}: {error_line(e)}") from None
 

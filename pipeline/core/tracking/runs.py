@@ -308,9 +308,11 @@ def predicted_labels(model_uri: str, x: np.ndarray) -> np.ndarray:
     import contextlib
     import sys
 
+    import keras
     import numpy as np
 
-    with contextlib.redirect_stdout(sys.stderr):  # the Keras flavour's progress output
+    keras.config.disable_interactive_logging()  # no progress bar per prediction in logs
+    with contextlib.redirect_stdout(sys.stderr):
         model = load_pyfunc(model_uri)
         try:
             probs = np.asarray(model.predict(x))
