@@ -177,7 +177,7 @@ def champion_file(cfg: RegisterParams, champion: ModelVersion, run_obj: Run, rec
         "run_id": champion.run_id,
         "ranked_by": cfg.metric,
         **{k: metrics.get(k) for k in ("val_accuracy", "val_loss", "test_accuracy", "test_loss")},
-        "gate": dict(sorted(record.items())),  # as the version's tag stores it
+        "gate": json.loads(json.dumps(record, sort_keys=True)),  # as the tag stores it
     }
 
 
