@@ -22,6 +22,7 @@ import yaml
 from PIL import Image
 
 from pipeline import server as team
+from pipeline.testing import postgres as pg
 from pipeline.testing.project import (
     ROOT,
     Server,
@@ -50,7 +51,7 @@ def error_lines(stderr: str) -> list[str]:
 def no_secret_in(text: str) -> None:
     for user, password in PASSWORDS.items():
         assert password not in text, f"{user}'s password leaked"
-    assert "pg-test-password" not in text, "the database password leaked"
+    assert pg.PASSWORD not in text, "the database password leaked"
 
 
 # --- cheap checks of the start-up logic -------------------------------------------------

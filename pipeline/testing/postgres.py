@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import glob
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-PASSWORD = "pg-test-password"  # a throwaway instance; scram auth like a real server
+# A throwaway instance, with scram auth like a real server: its password comes from
+# $PG_TEST_PASSWORD, else a fresh random one per process; none is committed.
+PASSWORD = os.environ.get("PG_TEST_PASSWORD") or secrets.token_urlsafe(18)
 
 
 def bindir() -> Path | None:
