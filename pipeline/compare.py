@@ -20,8 +20,9 @@ import pandas as pd
 
 from pipeline.core import tracking
 from pipeline.core.cli import run
-from pipeline.core.data import load_split
+from pipeline.core.data import file_md5, load_split
 from pipeline.core.errors import PipelineError
+from pipeline.core.layout import split_file
 from pipeline.core.params import Params, load_params
 from pipeline.core.promotion import (
     CANDIDATE_FILTER,
@@ -115,15 +116,19 @@ def against(params: Params, alias: str, run_id: str, fmt: str = "table") -> str:
     version = tracking.alias_target(cfg.model_name, alias)
     if version is None:
         raise PipelineError(f"no {cfg.model_name}@{alias} yet (run the register stage)")
-    run_obj = tracking.get_run(run_id)
-    model_uri = run_obj.data.tags.get(tracking.MODEL_URI_TAG) if run_obj else None
+    model_uri = tracking.logged_model_uri(run_id)
     if model_uri is None:
         raise PipelineError(f"run {run_id}: no such run with a logged model")
     x, y = load_split("test")
+    digest = file_md5(split_file("test"))
     result = paired(
         y,
-        tracking.predicted_labels(f"models:/{cfg.model_name}/{version.version}", x),
-        tracking.predicted_labels(model_uri, x),
+        tracking.predicted_labels(
+            f"models:/{cfg.model_name}/{version.version}",
+            x,
+            tracking.LoggedTest(version.run_id, y, digest),
+        ),
+        tracking.predicted_labels(model_uri, x, tracking.LoggedTest(run_id, y, digest)),
     )
     decision = decide(result, cfg.alpha, cfg.min_gain)
     record = gate_record(result, "test", len(y), cfg.alpha, cfg.min_gain, str(version.version))

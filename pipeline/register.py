@@ -30,9 +30,9 @@ import pandas as pd
 
 from pipeline.core import card, tracking
 from pipeline.core.cli import run
-from pipeline.core.data import atomic_write, load_split, write_json
+from pipeline.core.data import atomic_write, file_md5, load_split, write_json
 from pipeline.core.errors import PipelineError, TrackingError
-from pipeline.core.layout import CARD_FILE, CHAMPION_FILE
+from pipeline.core.layout import CARD_FILE, CHAMPION_FILE, split_file
 from pipeline.core.params import RegisterParams, load_params
 from pipeline.core.promotion import (
     CANDIDATE_FILTER,
@@ -93,17 +93,21 @@ def gate(name: str, candidate: ModelVersion, champion: ModelVersion | None, cfg:
             None, "test", 0, cfg.alpha, cfg.min_gain
         )
     x, y = load_split("test")
+    digest = file_md5(split_file("test"))
+
+    def labels(version: ModelVersion):  # as evaluate logged them, else from the model
+        logged = tracking.LoggedTest(version.run_id, y, digest)
+        return tracking.predicted_labels(f"models:/{name}/{version.version}", x, logged)
+
     try:
-        champion_pred = tracking.predicted_labels(f"models:/{name}/{champion.version}", x)
+        champion_pred = labels(champion)
     except TrackingError as e:
         log.warning("champion %s version %s cannot be scored: %s", name, champion.version, e)
         reason = f"champion v{champion.version} cannot be loaded: promoted without a test"
         return Decision("first", reason), gate_record(
             None, "test", len(y), cfg.alpha, cfg.min_gain, against=str(champion.version)
         )
-    result = paired(
-        y, champion_pred, tracking.predicted_labels(f"models:/{name}/{candidate.version}", x)
-    )
+    result = paired(y, champion_pred, labels(candidate))
     against = str(champion.version)
     record = gate_record(result, "test", len(y), cfg.alpha, cfg.min_gain, against=against)
     return decide(result, cfg.alpha, cfg.min_gain), record
@@ -205,7 +209,7 @@ def card_facts(
     dataset sizes and the evaluation artifacts that evaluate logged."""
     run_id, tags = run_obj.info.run_id, run_obj.data.tags
     per_class = tracking.read_text_artifact(run_id, "evaluation/per_class.csv")
-    predictions = tracking.read_text_artifact(run_id, "evaluation/predictions.csv")
+    predictions = tracking.read_text_artifact(run_id, tracking.PREDICTIONS_ARTIFACT)
     pred = pd.read_csv(io.StringIO(predictions)) if predictions else None
     return card.CardFacts(
         name=cfg.model_name,

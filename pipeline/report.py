@@ -17,6 +17,7 @@ is missing (a model not in the store, a plot not in the cache) is one line in it
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import subprocess
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from pipeline.core import tracking
 from pipeline.core.cli import run
-from pipeline.core.data import load_split, read_run
+from pipeline.core.data import file_md5, load_split, read_run
 from pipeline.core.errors import PipelineError, first_line, redact
 from pipeline.core.layout import CONFUSION_FILE, CURVES_FILE, RUN_FILE, split_file
 from pipeline.core.params import Params, load_params
@@ -187,30 +188,26 @@ def rev_exists(rev: str) -> bool:
     return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
-def model_uri(run_id: str) -> str | None:
-    run_obj = tracking.get_run(run_id)
-    return run_obj.data.tags.get(tracking.MODEL_URI_TAG) if run_obj else None
-
-
 class Scorer:
-    """Predicted test labels per model URI, each model loaded once."""
+    """Predicted test labels per model URI, each model scored once: from the predictions
+    its run logged at evaluation when they are of this test split, else by loading it."""
 
     def __init__(self) -> None:
-        self._split: tuple | None = None
         self._seen: dict[str, object] = {}
 
-    def split(self):
-        if self._split is None:
-            self._split = load_split("test")
-        return self._split
+    @functools.cached_property
+    def split(self) -> tuple:  # (x, y, the split's DVC hash)
+        return (*load_split("test"), file_md5(split_file("test")))
 
     @property
     def y(self):
-        return self.split()[1]
+        return self.split[1]
 
-    def __call__(self, uri: str):
+    def __call__(self, uri: str, run_id: str | None = None):
         if uri not in self._seen:
-            self._seen[uri] = tracking.predicted_labels(uri, self.split()[0])
+            x, y, digest = self.split
+            logged = tracking.LoggedTest(run_id, y, digest) if run_id else None
+            self._seen[uri] = tracking.predicted_labels(uri, x, logged)
         return self._seen[uri]
 
 
@@ -223,15 +220,16 @@ def paired_against_base(
         return {"missing": f"no {RUN_FILE} at {base}: no base model to test against"}
     if base_run == run_id:
         return {"missing": f"the workspace's run is {base}'s run ({run_id}): nothing retrained"}
-    uris = {"base": model_uri(base_run), "workspace": model_uri(run_id)}
+    runs = {"base": base_run, "workspace": run_id}
+    uris = {who: tracking.logged_model_uri(rid) for who, rid in runs.items()}
     for who, uri in uris.items():
         if uri is None:
-            rid = base_run if who == "base" else run_id
+            rid = runs[who]
             return {
                 "missing": f"no {who} model: run {rid} is not in the store "
                 f"{_store()} (or has no logged model): no paired test"
             }
-    res = paired(score.y, score(uris["base"]), score(uris["workspace"]))
+    res = paired(score.y, score(uris["base"], base_run), score(uris["workspace"], run_id))
     decision = decide(res, cfg.alpha, cfg.min_gain)
     record = gate_record(res, "test", len(score.y), cfg.alpha, cfg.min_gain, against=base_run)
     # fmt: off
@@ -269,11 +267,11 @@ def champion_outlook(run_id: str, params: Params, score: Scorer) -> dict:
         return fact | {"decision": "promoted", "reason": "no champion yet: promoted without a test"}
     if champion.run_id == run_id:
         return fact | {"decision": "already champion", "reason": "this run's model is it"}
-    res = paired(
-        score.y,
-        score(model_uri(champion.run_id) or f"models:/{cfg.model_name}/{champion.version}"),
-        score(run_obj.data.tags[tracking.MODEL_URI_TAG]),
+    registered = f"models:/{cfg.model_name}/{champion.version}"
+    champion_labels = score(
+        tracking.logged_model_uri(champion.run_id) or registered, champion.run_id
     )
+    res = paired(score.y, champion_labels, score(run_obj.data.tags[tracking.MODEL_URI_TAG], run_id))
     decision = decide(res, cfg.alpha, cfg.min_gain)
     word = "promoted" if decision.promote else "challenger"
     return fact | {"decision": word, "reason": f"vs v{champion.version}: {decision.reason}"}
@@ -303,8 +301,8 @@ def build(base: str, out: Path | None) -> dict | str:
     params, score = load_params(), Scorer()
     tracking.use_store()
     run_id = read_run()["run_id"] if RUN_FILE.exists() else None
-    if run_id and (uri := model_uri(run_id)) and split_file("test").exists():
-        score(uri)  # needed in any case: scored while the DVC diffs run
+    if run_id and (uri := tracking.logged_model_uri(run_id)) and split_file("test").exists():
+        score(uri, run_id)  # needed in any case: scored while the DVC diffs run
     params_diff, metrics_diff, *plots = (result(p) for p in procs)
     metrics = metrics_rows(metrics_diff)
     if not has_base(metrics):

@@ -11,6 +11,16 @@ which needs no MLflow.
 """
 
 from pipeline.core.tracking.accounts import add_user
+from pipeline.core.tracking.models import (
+    PREDICTIONS_ARTIFACT,
+    LoggedTest,
+    load_pyfunc,
+    log_model,
+    logged_labels,
+    logged_model_uri,
+    model_info,
+    predicted_labels,
+)
 from pipeline.core.tracking.registry import (
     alias_target,
     delete_alias,
@@ -32,15 +42,12 @@ from pipeline.core.tracking.runs import (
     end_run,
     epoch_logger,
     get_run,
-    load_pyfunc,
     log_artifact,
     log_dataset,
     log_metrics,
-    log_model,
     log_model_metrics,
     log_params,
     log_text,
-    predicted_labels,
     read_text_artifact,
     search_runs,
     set_running,
@@ -81,7 +88,12 @@ __all__ = [
     "log_text",
     "model_version",
     "model_versions",
+    "PREDICTIONS_ARTIFACT",
+    "LoggedTest",
+    "logged_labels",
     "predicted_labels",
+    "model_info",
+    "logged_model_uri",
     "read_text_artifact",
     "register",
     "search_runs",

@@ -1,11 +1,10 @@
-"""MLflow runs: start and end them, log params, metrics, datasets, artifacts and the model,
-and find them again."""
+"""MLflow runs: start and end them, log params, metrics, datasets and artifacts, and find
+them again (the model: tracking/models.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,6 @@ if TYPE_CHECKING:  # imported lazily at run time: MLflow and Keras take seconds 
     import pandas as pd
     from mlflow.data.dataset import Dataset
     from mlflow.entities import Run
-    from mlflow.pyfunc import PyFuncModel
 
 log = logging.getLogger(__name__)
 
@@ -248,77 +246,6 @@ def epoch_logger() -> keras.callbacks.Callback:
             log_metrics(curves, step=epoch + 1)
 
     return EpochLogger()
-
-
-def _pip_requirements() -> list[str]:
-    """Pinned from what is installed: inferring them costs MLflow ~7 s per model."""
-    from importlib.metadata import version
-
-    return [f"{p}=={version(p)}" for p in ("mlflow", "keras", "tensorflow", "numpy")]
-
-
-def log_model(model: keras.Model, input_example: np.ndarray) -> str:
-    """Log the model in MLflow's Keras flavour with a signature and an input example.
-
-    ``mlflow.keras.log_model(..., input_example=...)`` fails in MLflow 3.17 with
-    FileNotFoundError: its save_model writes input_example.json before creating the
-    model folder. ``Model.log`` with a flavour whose save_model creates the folder first
-    records the same MLmodel (loader ``mlflow.keras``), signature and example included.
-    """
-    import types
-
-    import mlflow
-    from mlflow.models import Model, infer_signature
-
-    def save_model(path: str, **kwargs: Any) -> None:
-        os.makedirs(path, exist_ok=True)
-        mlflow.keras.save_model(path=path, **kwargs)
-
-    flavor = types.SimpleNamespace(__name__="mlflow.keras", save_model=save_model)
-    signature = infer_signature(input_example, model.predict(input_example, verbose=0))
-    info = Model.log(
-        None,
-        name="model",
-        flavor=flavor,
-        model=model,
-        signature=signature,
-        input_example=input_example,
-        pip_requirements=_pip_requirements(),
-    )
-    mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
-    return info.model_uri
-
-
-def load_pyfunc(model_uri: str) -> PyFuncModel:
-    """Load a logged or registered model (``models:/name@alias``, ``runs:/...``) for predict.
-
-    A missing registered model, alias or artifact becomes one line naming the URI.
-    """
-    import mlflow
-
-    try:
-        return mlflow.pyfunc.load_model(model_uri)
-    except (mlflow.exceptions.MlflowException, OSError) as e:
-        raise TrackingError(f"cannot load {model_uri}: {error_line(e)}") from None
-
-
-def predicted_labels(model_uri: str, x: np.ndarray) -> np.ndarray:
-    """The digit a logged or registered model predicts for each image (N×28×28 uint8):
-    the per-image predictions that the promotion gate and ``compare --against`` test."""
-    import contextlib
-    import sys
-
-    import keras
-    import numpy as np
-
-    keras.config.disable_interactive_logging()  # no progress bar per prediction in logs
-    with contextlib.redirect_stdout(sys.stderr):
-        model = load_pyfunc(model_uri)
-        try:
-            probs = np.asarray(model.predict(x))
-        except Exception as e:  # an unreadable model may fail only when it runs
-            raise TrackingError(f"{model_uri} cannot predict: {error_line(e)}") from None
-    return probs.argmax(axis=1)
 
 
 def get_run(run_id: str) -> Run | None:
