@@ -13,10 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -25,6 +24,7 @@ from pipeline.core import metrics, plots, robustness, tracking
 from pipeline.core.cli import run
 from pipeline.core.data import atomic_write, file_md5, load_split, read_run, write_json
 from pipeline.core.errors import DataError
+from pipeline.core.inference import NumpyModel, UnsupportedModel
 from pipeline.core.layout import (
     CONFUSION_FILE,
     EVAL_METRICS_FILE,
@@ -101,23 +101,35 @@ def mlflow_metrics(record: Mapping, table: pd.DataFrame) -> dict[str, float]:
     return flat
 
 
+Predict = Callable[[np.ndarray], np.ndarray]  # N×28×28 uint8 -> (N, 10) probabilities
+
+
 def predict_robustness(
-    model: keras.Model, x: np.ndarray, probs: np.ndarray, images: int | None, seed: int
+    predict: Predict, x: np.ndarray, probs: np.ndarray, images: int | None, seed: int
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Probabilities on a seeded sample of ``images`` of the test images (None: all), clean
     (taken from ``probs``) and under each perturbation (robustness.perturbed_sets), and the
     sample's indices. One predict call scores every perturbed copy: faster than one each."""
     idx = robustness.sample(len(x), images, seed)
     sets = robustness.perturbed_sets(x[idx], seed)
-    out = model.predict(np.concatenate(list(sets.values())), batch_size=1024, verbose=0)
+    out = predict(np.concatenate(list(sets.values())))
     return {"clean": probs[idx], **dict(zip(sets, np.split(out, len(sets)), strict=True))}, idx
 
 
-def load_model(path: Path = MODEL_FILE) -> keras.Model:
-    """Load the trained model; safe_mode refuses models that would run arbitrary code."""
+def load_model(path: Path = MODEL_FILE) -> Predict:
+    """The trained model's predict: its forward pass in NumPy (pipeline/core/inference.py:
+    no TensorFlow import, seconds sooner), or Keras for a layer that has none there
+    (safe_mode refuses models that would run arbitrary code)."""
     if not path.exists():
         raise DataError(f"{path}: missing (run the train stage)")
-    return keras.saving.load_model(path, safe_mode=True)
+    try:
+        return NumpyModel.load(path).predict
+    except UnsupportedModel as e:
+        log.info("%s: %s has no NumPy forward pass, scored with Keras", path, e)
+    import keras
+
+    model = keras.saving.load_model(path, safe_mode=True)
+    return lambda x: model.predict(x, batch_size=1024, verbose=0)
 
 
 def main() -> None:
@@ -125,13 +137,13 @@ def main() -> None:
     tracking.connect(params.tracking.experiment)
     run_id = read_run()["run_id"]
     x, y = load_split("test")
-    model = load_model()
-    probs = model.predict(x, batch_size=1024, verbose=0)
+    predict = load_model()
+    probs = predict(x)
     scores, cm = evaluate(probs, y)
     table = metrics.per_class(cm)
     cfg = params.evaluate
     start = time.perf_counter()
-    by_set, idx = predict_robustness(model, x, probs, cfg.robustness_images, cfg.robustness_seed)
+    by_set, idx = predict_robustness(predict, x, probs, cfg.robustness_images, cfg.robustness_seed)
     robust = robust_scores(by_set, y[idx])
     seconds = time.perf_counter() - start
     log.info("robustness: %d images, %d perturbations, %.1f s", len(idx), len(by_set) - 1, seconds)

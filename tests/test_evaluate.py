@@ -7,6 +7,7 @@ import pytest
 
 from pipeline import evaluate as ev
 from pipeline.core import metrics, robustness
+from pipeline.core.errors import DataError
 from pipeline.core.promotion import wilson
 
 
@@ -118,12 +119,12 @@ def test_misclassified_shows_the_most_confident_mistakes_first():
 
 
 class _FakeModel:
-    """predict(x) -> probabilities that depend on each image only (its mean brightness)."""
+    """model(x) -> probabilities that depend on each image only (its mean brightness)."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def predict(self, x: np.ndarray, batch_size: int, verbose: int) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         self.calls.append(len(x))
         return _probs(np.round(x.mean(axis=(1, 2)) / 255 * 9).astype(int))
 
@@ -139,7 +140,7 @@ def test_predict_robustness_scores_a_seeded_sample_in_one_call():
     np.testing.assert_array_equal(by_set["clean"], probs[idx])
     sets = robustness.perturbed_sets(x[idx], 3)
     for name, xs in sets.items():  # each copy's probabilities are its own images'
-        np.testing.assert_array_equal(by_set[name], _FakeModel().predict(xs, 1024, 0))
+        np.testing.assert_array_equal(by_set[name], _FakeModel()(xs))
     again, _ = ev.predict_robustness(_FakeModel(), x, probs, 20, seed=3)
     for name in by_set:
         np.testing.assert_array_equal(by_set[name], again[name])
@@ -153,15 +154,39 @@ def test_predict_robustness_all_images():
 
 
 @pytest.mark.slow
-def test_predict_robustness_with_a_real_lenet5():
+def test_predict_robustness_with_a_real_lenet5(tmp_path):
     from pipeline.core.model import build_lenet5
     from pipeline.testing.project import reference_params
 
     model = build_lenet5(reference_params().model)  # untrained: shapes and plumbing only
+    model.save(tmp_path / "model.keras")
+    predict = ev.load_model(tmp_path / "model.keras")
     x = np.random.default_rng(0).integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
-    probs = model.predict(x, batch_size=1024, verbose=0)
-    by_set, idx = ev.predict_robustness(model, x, probs, 10, seed=0)
+    probs = predict(x)
+    np.testing.assert_allclose(probs, model.predict(x, verbose=0), atol=1e-6)
+    by_set, idx = ev.predict_robustness(predict, x, probs, 10, seed=0)
     assert {p.shape for p in by_set.values()} == {(10, 10)}
     np.testing.assert_allclose(by_set["inverted"].sum(axis=1), 1, rtol=1e-5)
     robust = ev.robust_scores(by_set, np.zeros(30, int)[idx])
     assert all(0 <= v <= 1 for v in robust.values())
+
+
+@pytest.mark.slow
+def test_a_model_without_a_numpy_forward_pass_is_scored_with_keras(tmp_path, caplog):
+    import keras
+
+    model = keras.Sequential(
+        [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10),
+         keras.layers.BatchNormalization(), keras.layers.Softmax()]
+    )  # fmt: skip
+    model.save(tmp_path / "model.keras")
+    x = np.random.default_rng(1).integers(0, 256, size=(7, 28, 28), dtype=np.uint8)
+    with caplog.at_level("INFO"):
+        probs = ev.load_model(tmp_path / "model.keras")(x)
+    assert "scored with Keras" in caplog.text
+    np.testing.assert_allclose(probs, model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_a_missing_model_file_is_one_line(tmp_path):
+    with pytest.raises(DataError, match="missing \\(run the train stage\\)"):
+        ev.load_model(tmp_path / "model.keras")
