@@ -198,7 +198,8 @@ def _flops(padding: int) -> int:
     from pipeline.core.model import build_lenet5, train_flops_per_image
     from pipeline.core.params import ModelParams
 
-    return sum(train_flops_per_image(build_lenet5(ModelParams(padding=padding))).values())
+    cfg = ModelParams(activation="tanh", pooling="max", padding=padding)
+    return sum(train_flops_per_image(build_lenet5(cfg)).values())
 
 
 class TorchEager:

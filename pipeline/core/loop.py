@@ -66,6 +66,7 @@ class CompiledLoop:
         batch_size: int,
         seed: int,
         augment: keras.Sequential | None = None,
+        jit_compile: bool = False,
     ) -> None:
         self.model = model
         self.head, self.trunk = split_inputs(model)
@@ -79,8 +80,9 @@ class CompiledLoop:
         self.n, self.batch_size, self.augment = len(train[0]), batch_size, augment
         self.rng = np.random.default_rng(seed)
         model.optimizer.build(model.trainable_variables)
-        self._train_epoch = tf.function(self._train_epoch_fn)
-        self._evaluate = tf.function(self._evaluate_fn)
+        # jit_compile: the epoch through XLA (benchmarks/peers.py measures it; not the default)
+        self._train_epoch = tf.function(self._train_epoch_fn, jit_compile=jit_compile)
+        self._evaluate = tf.function(self._evaluate_fn, jit_compile=jit_compile)
 
     def _batch(
         self, xb: tf.Tensor, yb: tf.Tensor, training: bool, prepared: bool = False
