@@ -9,10 +9,10 @@ prepared training split, then validated on the val split after every epoch, as t
 pipeline does) in a worker process of its own, started with its settings in the
 environment (OpenMP's thread count and wait policy must be set before a library loads).
 The driver alternates the workers one epoch at a time, so a change of load hits all of
-them alike, and counts every epoch, the first one (tracing, compiling, allocating)
-included: samples/s = training images × epochs / the sum of the epochs' seconds. Imports
-and data loading happen before the clock starts, for every peer alike
-(benchmarks/stage_overhead.py measures those).
+them alike (the others are stopped, SIGSTOP, while one trains), and counts every
+epoch, the first one (tracing, compiling, allocating) included: samples/s = training
+images × epochs / the sum of the epochs' seconds. Imports and data loading happen before
+the clock starts, for every peer alike (benchmarks/stage_overhead.py measures those).
 
 Peers (names for ``--only``):
   pipeline           the train stage's own loop (pipeline/core/loop.py), params.yaml's recipe
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -280,7 +281,19 @@ def start(name: str, side: int, logs: Path) -> subprocess.Popen:
     )  # fmt: skip
     if proc.stdout.readline().strip() != "ready":
         raise SystemExit(f"peer {name} did not start: {last_line(logs / f'{name}.log')}")
+    os.kill(proc.pid, signal.SIGSTOP)  # stopped between its epochs (see epoch())
     return proc
+
+
+def epoch(proc: subprocess.Popen) -> str:
+    """One epoch of a worker; stopped again afterwards, so that its idle threads cannot
+    spin on the cores while another peer trains (OMP_WAIT_POLICY=ACTIVE spins forever)."""
+    os.kill(proc.pid, signal.SIGCONT)
+    proc.stdin.write("epoch\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    os.kill(proc.pid, signal.SIGSTOP)
+    return line
 
 
 def last_line(log: Path) -> str:
@@ -313,9 +326,7 @@ def main() -> None:
     accuracy: dict[str, float] = {}
     for _ in range(args.epochs):
         for name, proc in procs.items():
-            proc.stdin.write("epoch\n")
-            proc.stdin.flush()
-            line = proc.stdout.readline()
+            line = epoch(proc)
             if not line:
                 raise SystemExit(f"peer {name} failed: {last_line(logs / f'{name}.log')}")
             reply = json.loads(line)
@@ -323,6 +334,7 @@ def main() -> None:
             accuracy[name] = reply["val_accuracy"]
     load_after = os.getloadavg()
     for proc in procs.values():
+        os.kill(proc.pid, signal.SIGCONT)
         proc.stdin.close()
         proc.wait()
 
