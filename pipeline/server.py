@@ -2,7 +2,8 @@
 
 Start it (binds 127.0.0.1 unless ``--host`` says otherwise; TLS belongs in a reverse proxy)::
 
-    MLFLOW_BACKEND_STORE_URI=postgresql://mlflow:PW@db.example:5432/mlflow \\
+    MLFLOW_BACKEND_STORE_URI=postgresql://mlflow@db.example:5432/mlflow \\
+    PGPASSWORD="$(cat ~/.config/mlflow-db-password)" \\
     MLFLOW_ARTIFACTS_DESTINATION=s3://bucket/mlflow \\
     MLFLOW_AUTH_ADMIN_PASSWORD_FILE=~/.config/mlflow-admin-password \\
     python -m pipeline.server --port 5000
@@ -126,7 +127,7 @@ def serve(host: str, port: int, workers: int, env: Mapping[str, str] = os.enviro
     """Check the configuration and the database, then run the server until it stops."""
     backend = with_driver(env.get("MLFLOW_BACKEND_STORE_URI", "").strip())
     if not backend:
-        raise ServerError("MLFLOW_BACKEND_STORE_URI is not set (postgresql://user:pw@host/db)")
+        raise ServerError("MLFLOW_BACKEND_STORE_URI is not set (postgresql://user@host/db)")
     artifacts = env.get("MLFLOW_ARTIFACTS_DESTINATION", "").strip()
     if not artifacts:
         raise ServerError(
