@@ -67,7 +67,7 @@ def peer_env(name: str) -> dict[str, str]:
 # --- the trainers (each runs in its worker) ---------------------------------------------
 
 
-def _data(side: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from pipeline.core.data import load_split
 
     return {s: load_split(s) for s in ("train", "val")}
@@ -235,7 +235,7 @@ class JaxTrainer:
 
 
 def make_trainer(name: str, side: int):
-    data = _data(side)
+    data = _data()
     if name.startswith("pipeline"):
         return PipelineTrainer(data, side, xla=name == "pipeline-xla")
     if name.startswith("torch"):
@@ -318,7 +318,7 @@ def main() -> None:
         if why := available(name):
             print(why)
             names.remove(name)
-    n_train = len(_data(args.side)["train"][0])
+    n_train = len(_data()["train"][0])
     logs = Path(tempfile.mkdtemp(prefix="peers-"))  # each worker's stderr
     procs = {name: start(name, args.side, logs) for name in names}  # built before the clock
     load_before = os.getloadavg()

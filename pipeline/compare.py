@@ -20,9 +20,8 @@ import pandas as pd
 
 from pipeline.core import tracking
 from pipeline.core.cli import run
-from pipeline.core.data import file_md5, load_split
+from pipeline.core.data import load_split, split_md5
 from pipeline.core.errors import PipelineError
-from pipeline.core.layout import split_file
 from pipeline.core.params import Params, load_params
 from pipeline.core.promotion import (
     CANDIDATE_FILTER,
@@ -120,7 +119,7 @@ def against(params: Params, alias: str, run_id: str, fmt: str = "table") -> str:
     if model_uri is None:
         raise PipelineError(f"run {run_id}: no such run with a logged model")
     x, y = load_split("test")
-    digest = file_md5(split_file("test"))
+    digest = split_md5("test")["test"]
     result = paired(
         y,
         tracking.predicted_labels(

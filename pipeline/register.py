@@ -30,9 +30,9 @@ import pandas as pd
 
 from pipeline.core import card, tracking
 from pipeline.core.cli import run
-from pipeline.core.data import atomic_write, file_md5, load_split, write_json
+from pipeline.core.data import atomic_write, load_split, split_md5, write_json
 from pipeline.core.errors import PipelineError, TrackingError
-from pipeline.core.layout import CARD_FILE, CHAMPION_FILE, split_file
+from pipeline.core.layout import CARD_FILE, CHAMPION_FILE
 from pipeline.core.params import RegisterParams, load_params
 from pipeline.core.promotion import (
     CANDIDATE_FILTER,
@@ -93,7 +93,7 @@ def gate(name: str, candidate: ModelVersion, champion: ModelVersion | None, cfg:
             None, "test", 0, cfg.alpha, cfg.min_gain
         )
     x, y = load_split("test")
-    digest = file_md5(split_file("test"))
+    digest = split_md5("test")["test"]
 
     def labels(version: ModelVersion):  # as evaluate logged them, else from the model
         logged = tracking.LoggedTest(version.run_id, y, digest)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pipeline.core import tracking
 from pipeline.core.cli import run
-from pipeline.core.data import file_md5, load_split, read_run
+from pipeline.core.data import load_split, read_run, split_md5
 from pipeline.core.errors import PipelineError, first_line, redact
 from pipeline.core.layout import CONFUSION_FILE, CURVES_FILE, RUN_FILE, split_file
 from pipeline.core.params import Params, load_params
@@ -197,7 +197,7 @@ class Scorer:
 
     @functools.cached_property
     def split(self) -> tuple:  # (x, y, the split's DVC hash)
-        return (*load_split("test"), file_md5(split_file("test")))
+        return (*load_split("test"), split_md5("test")["test"])
 
     @property
     def y(self):

@@ -92,9 +92,10 @@ def _pool(kind: str) -> Layer:
 def _layer(kind: str, cfg: dict, weights: Callable[[], list[np.ndarray]]) -> Layer | None:
     """One layer as a function of a float32 batch, None for the input layer; ``weights``
     reads its arrays (once its config is known to be supported)."""
-    for key, allowed in (("data_format", "channels_last"), ("padding", "valid")):
-        if key in cfg and kind not in ("ZeroPadding2D",) and cfg[key] != allowed:
-            raise UnsupportedModel(f"{kind} with {key}={cfg[key]!r}")
+    if cfg.get("data_format", "channels_last") != "channels_last":
+        raise UnsupportedModel(f"{kind} with data_format={cfg['data_format']!r}")
+    if kind != "ZeroPadding2D" and cfg.get("padding", "valid") != "valid":  # conv, pool
+        raise UnsupportedModel(f"{kind} with padding={cfg['padding']!r}")
     if kind == "InputLayer":
         return None
     if kind == "Reshape":
