@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 from collections.abc import Mapping
 from typing import Literal
 
@@ -79,21 +80,24 @@ class Paired:
     @property
     def p_value(self) -> float:
         """Exact two-sided McNemar test: under "equally good", each discordant image is a
-        fair coin flip, so ``candidate_only`` ~ Binomial(discordant, 1/2)."""
-        from scipy.stats import binomtest
+        fair coin flip, so ``candidate_only`` ~ Binomial(discordant, 1/2).
+
+        The distribution is symmetric, so the two-sided p is twice the smaller tail
+        (what ``scipy.stats.binomtest`` gives; ``scipy.special`` imports in 0.2 s where
+        ``scipy.stats`` takes 1.5 s, paid by every evaluate and register)."""
+        from scipy.special import bdtr
 
         discordant = self.champion_only + self.candidate_only
         if discordant == 0:
             return 1.0
-        return float(binomtest(self.candidate_only, discordant, 0.5).pvalue)
+        tail = min(self.candidate_only, self.champion_only)
+        return min(1.0, 2.0 * float(bdtr(tail, discordant, 0.5)))
 
     def gain_interval(self, confidence: float = 0.95) -> tuple[float, float]:
         """Interval of the accuracy difference in points: the Wald interval for paired
         proportions, ``d ± z·sqrt(b + c − (c − b)²/n)/n``."""
-        from scipy.stats import norm
-
         b, c, n = self.champion_only, self.candidate_only, self.n
-        z = float(norm.ppf(0.5 + confidence / 2))
+        z = _z(confidence)
         half = z * math.sqrt(max(0.0, b + c - (c - b) ** 2 / n)) / n
         return (self.gain - 100 * half, self.gain + 100 * half)
 
@@ -137,13 +141,16 @@ def decide(result: Paired | None, alpha: float, min_gain: float) -> Decision:
     return Decision("promoted", f"{facts} < {alpha:g})")
 
 
+def _z(confidence: float) -> float:
+    """The two-sided normal quantile: 1.96 for 0.95."""
+    return statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
 def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion (sound near 0 and 1, unlike the Wald one)."""
-    from scipy.stats import norm
-
     if n == 0:
         return (0.0, 1.0)
-    z = float(norm.ppf(0.5 + confidence / 2))
+    z = _z(confidence)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)

@@ -159,6 +159,22 @@ def test_exact_mcnemar_matches_textbook_tables():
     assert Paired(500, 6, 14).p_value == pytest.approx(binomtest(14, 20, 0.5).pvalue)
 
 
+def test_exact_mcnemar_equals_scipy_binomtest_on_every_split():
+    """Twice the smaller tail is binomtest's two-sided p for p = 1/2, ties and large n too."""
+    from scipy.stats import binomtest, norm
+
+    for discordant in [*range(1, 61), 199, 1000, 4321]:
+        for c in sorted({0, 1, discordant // 3, discordant // 2, discordant - 1, discordant}):
+            got = Paired(10_000, discordant - c, c).p_value
+            assert got == pytest.approx(binomtest(c, discordant, 0.5).pvalue, rel=1e-9), (c, discordant)
+    # Wilson's 95 % interval of 50/100 (textbook: 0.4038 to 0.5962), and its z at 99 %
+    assert wilson(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    z99 = norm.ppf(0.995)
+    assert wilson(50, 100, 0.99)[1] == pytest.approx(
+        (0.5 + z99**2 / 200 + z99 * math.sqrt(0.0025 + z99**2 / 40_000)) / (1 + z99**2 / 100)
+    )
+
+
 def test_gain_and_its_interval_in_points():
     result = Paired(10_000, 6, 14)
     assert result.gain == pytest.approx(0.08)
