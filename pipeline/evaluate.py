@@ -123,7 +123,7 @@ def load_model(path: Path = MODEL_FILE) -> Predict:
         return NumpyModel.load(path).predict  # (a missing file: one DataError line)
     except UnsupportedModel as e:
         log.info("%s: %s has no NumPy forward pass, scored with Keras", path, e)
-    import keras
+    from pipeline.core.backend import keras
 
     model = keras.saving.load_model(path, safe_mode=True)
     return lambda x: model.predict(x, batch_size=1024, verbose=0)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 
-import keras
-import tensorflow as tf
-
 from pipeline.core import plots, provenance, tracking, training
+from pipeline.core.backend import keras, tf
 from pipeline.core.cli import run
 from pipeline.core.data import atomic_write, split_md5, write_json
 from pipeline.core.layout import (

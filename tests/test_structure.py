@@ -280,6 +280,26 @@ def test_the_layers_come_from_dvc_yaml():
     assert layer("pipeline.tune.worker", names) == "command"
 
 
+def third_party_importers(top: str) -> set[str]:
+    """The pipeline modules that import package ``top`` when they run (lazily included)."""
+    found = set()
+    for name, path in modules().items():
+        for node in _import_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                names = [] if node.level else [node.module or ""]
+            if any(n == top or n.startswith(top + ".") for n in names):
+                found.add(name)
+    return found
+
+
+def test_keras_and_tensorflow_come_from_the_backend_module_only():
+    """pipeline.core.backend imports Keras without its scikit-learn start-up (1.7 s)."""
+    for top in ("keras", "tensorflow"):
+        assert third_party_importers(top) == {"pipeline.core.backend"}, top
+
+
 def test_imports_count_lazy_ones_but_not_type_checking_ones():
     mods = {
         name: Path(name.replace(".", "/") + (".py" if name != "p.sub" else "/__init__.py"))

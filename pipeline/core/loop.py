@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 import time
 
-import keras
 import numpy as np
-import tensorflow as tf
+
+from pipeline.core.backend import keras, tf
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ zero-padding, so the served model needs no preprocessing that could skew from tr
 
 from __future__ import annotations
 
-import keras
-from keras import layers
-
+from pipeline.core.backend import keras
 from pipeline.core.params import ModelParams
+
+layers = keras.layers
 
 
 def build_lenet5(cfg: ModelParams) -> keras.Sequential:

@@ -11,12 +11,11 @@ import logging
 import math
 import time
 
-import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from pipeline.core import cli, loop
+from pipeline.core.backend import keras, tf
 from pipeline.core.data import load_split
 from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import float32_value

@@ -15,12 +15,12 @@ import threading
 import time
 import warnings
 
-import keras
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import provenance, tracking, training
+from pipeline.core.backend import keras
 from pipeline.core.data import split_md5
 from pipeline.core.errors import PipelineError, first_line, redact
 from pipeline.core.params import Dimension, Params

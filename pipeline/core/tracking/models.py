@@ -92,6 +92,8 @@ def load_pyfunc(model_uri: str) -> PyFuncModel:
     """
     import mlflow
 
+    import pipeline.core.backend  # noqa: F401  (Keras first, so it skips scikit-learn)
+
     try:
         return mlflow.pyfunc.load_model(model_uri)
     except (mlflow.exceptions.MlflowException, OSError) as e:
@@ -117,8 +119,9 @@ def predicted_labels(model_uri: str, x: np.ndarray, logged: LoggedTest | None = 
     import contextlib
     import sys
 
-    import keras
     import numpy as np
+
+    from pipeline.core.backend import keras
 
     keras.config.disable_interactive_logging()  # no progress bar per prediction in logs
     with contextlib.redirect_stdout(sys.stderr):

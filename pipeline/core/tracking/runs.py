@@ -236,8 +236,7 @@ CURVES = "curves/"  # the learning curves' chart section in the MLflow UI
 def epoch_logger() -> keras.callbacks.Callback:
     """A Keras callback logging every epoch's metrics to the active run as the learning
     curves ``curves/loss``, ``curves/val_accuracy``, ..., step = epoch."""
-    import keras
-
+    from pipeline.core.backend import keras
     from pipeline.core.metrics import float32_value
 
     class EpochLogger(keras.callbacks.Callback):
