@@ -41,8 +41,12 @@ def exp_metrics(project, *args: str) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def queued(smoke_project, tmp_path_factory):
-    """The smoke project with its run committed as the baseline, then a 2×2 grid queued in
-    one command and run by 2 workers, and one `dvc exp run --temp`."""
+    """The smoke project with its run committed as the baseline, then a 2×1 grid queued in
+    one command and run by 2 workers at once, and one `dvc exp run --temp`.
+
+    Two experiments are enough for two workers writing one store at the same time; the
+    grid's product is test_a_grid_queues_the_product_of_the_values' (each experiment
+    here is a whole pipeline run, 40-50 s on 2 cores)."""
     project = clone_of(smoke_project, tmp_path_factory.mktemp("queued"))
     env = stage_env()
     run(["git", "add", "-A"], project)  # metrics and plot data are git's to keep
@@ -51,7 +55,7 @@ def queued(smoke_project, tmp_path_factory):
         [
             "dvc", "exp", "run", "--queue",
             "-S", "train.learning_rate=0.001,0.002",
-            "-S", "train.optimizer=adam,rmsprop",
+            "-S", "train.optimizer=adam",
             "-S", "train.epochs=1",
         ],
         project,
@@ -78,9 +82,9 @@ def queued(smoke_project, tmp_path_factory):
 def test_queue_with_two_workers_records_every_experiment(queued):
     project, status = queued
     env = stage_env()
-    assert status.count("Success") == 4, status
+    assert status.count("Success") == 2, status
     names = sorted(n for n in exp_metrics(project) if n not in ("workspace", "main", "temp-run"))
-    assert len(names) == 4
+    assert len(names) == 2
     logs = "".join(run(["dvc", "queue", "logs", n], project, check=False).stdout for n in names)
     assert "database is locked" not in logs
 
@@ -91,7 +95,7 @@ def test_queue_with_two_workers_records_every_experiment(queued):
         for r in client.search_runs([exp.experiment_id])
         if r.data.tags.get("dvc.exp_name") in names
     ]
-    assert sorted(r.data.tags["dvc.exp_name"] for r in runs) == names  # 4 of 4, none lost
+    assert sorted(r.data.tags["dvc.exp_name"] for r in runs) == names  # 2 of 2, none lost
     for r in runs:
         assert r.info.status == "FINISHED"
         assert {"test_accuracy", "test_loss", "val_accuracy"} <= set(r.data.metrics)
@@ -116,7 +120,7 @@ def test_queue_with_two_workers_records_every_experiment(queued):
             run([sys.executable, "-m", "pipeline.compare", "--format", "csv"], project, env).stdout
         )
     )
-    assert len(table) == 6  # the baseline run, the four queued and the --temp experiment
+    assert len(table) == 4  # the baseline run, the two queued and the --temp experiment
     assert table["val_accuracy"].is_monotonic_decreasing  # ranked as register ranks
     assert table.loc[0, "run_id"] == best.info.run_id
     assert table.loc[table["champion"] == "*", "run_id"].tolist() == [champion.run_id]
@@ -126,7 +130,7 @@ def test_queue_with_two_workers_records_every_experiment(queued):
 def test_exp_show_lists_the_metrics_of_every_experiment(queued):
     project, _ = queued
     rows = exp_metrics(project)
-    assert len(rows) == 7  # workspace, main, 4 queued, 1 --temp
+    assert len(rows) == 5  # workspace, main, 2 queued, 1 --temp
     for name, metrics in rows.items():
         assert {"test_accuracy", "test_loss", "val_accuracy", "train_seconds"} <= set(metrics), name
         assert 0 < metrics["test_accuracy"] <= 1
