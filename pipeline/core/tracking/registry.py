@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from pipeline.core.errors import TrackingError
-from pipeline.core.tracking.store import client, error_line
+from pipeline.core.tracking.store import client, error_line, is_server
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -102,12 +103,22 @@ def set_alias(name: str, alias: str, version: str) -> None:
 
 
 def set_version_tags(name: str, version: str, tags: Mapping[str, str]) -> None:
-    """Tag a model version (the registry page shows them)."""
+    """Tag a model version (the registry page shows them).
+
+    MLflow sets one tag per request, and against a tracking server each costs two round
+    trips (its client first checks the model is not a prompt): a gate record's ten tags
+    took 2.2 s one after the other on the team server, so there they go out at once. A
+    local store takes them one by one (SQLite writes one at a time anyway).
+    """
     import mlflow
 
+    def tag(item: tuple[str, str]) -> None:
+        _write(lambda: client().set_model_version_tag(name, version, *item))
+
+    workers = min(8, len(tags)) if is_server(mlflow.get_tracking_uri()) else 1
     try:
-        for key, value in tags.items():
-            _write(lambda k=key, v=value: client().set_model_version_tag(name, version, k, v))
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            list(pool.map(tag, tags.items()))  # the first failure is raised here
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"cannot tag {name} version {version}: {error_line(e)}") from None
 

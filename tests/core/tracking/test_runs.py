@@ -154,3 +154,13 @@ def test_search_runs_newest_first_with_a_filter(experiment_id):
     df = tracking.search_runs(experiment_id, "metrics.val_accuracy > 0.85")
     assert set(df["run_id"]) == set(made[:2])
     assert set(df["status"]) == {"FINISHED"}
+
+
+def test_read_text_artifact_or_none(experiment_id):
+    with tracking.active_run(experiment_id=experiment_id) as rid:
+        tracking.log_text("actual,predicted\n7,7\n", "evaluation/predictions.csv")
+    assert (
+        tracking.read_text_artifact(rid, "evaluation/predictions.csv") == "actual,predicted\n7,7\n"
+    )
+    assert tracking.read_text_artifact(rid, "evaluation/missing.csv") is None
+    assert tracking.read_text_artifact("0" * 32, "evaluation/predictions.csv") is None
