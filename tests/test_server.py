@@ -28,6 +28,7 @@ from pipeline.core.tracking import PREDICTIONS_ARTIFACT
 from pipeline.testing import postgres as pg
 from pipeline.testing.project import (
     ROOT,
+    TRACKED_STAGES,
     Server,
     clone_of,
     free_port,
@@ -193,9 +194,11 @@ def as_admin(team_server, monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(team_server, smoke_project, tmp_path_factory):
-    """`dvc repro --force` of a copy of the smoke project as alice; (project, output)."""
+    """`dvc repro --force` of the stages that track, in a copy of the smoke project, as
+    alice; (project, output)."""
     project = clone_of(smoke_project, tmp_path_factory.mktemp("alice") / "project")
-    proc = run(["dvc", "repro", "--force"], project, client_env(team_server.uri, "alice"))
+    cmd = ["dvc", "repro", "--force", "--single-item", *TRACKED_STAGES]
+    proc = run(cmd, project, client_env(team_server.uri, "alice"))
     return project, proc.stdout + proc.stderr
 
 

@@ -5,20 +5,27 @@ import sys
 
 import pytest
 
-from pipeline.testing.project import clone_of, free_port, run, stage_env, tracking_server
+from pipeline.testing.project import (
+    TRACKED_STAGES,
+    clone_of,
+    free_port,
+    run,
+    stage_env,
+    tracking_server,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def test_pipeline_logs_registers_and_sets_alias_over_http(smoke_project, mnist_dir, tmp_path):
+def test_pipeline_logs_registers_and_sets_alias_over_http(smoke_project, tmp_path):
     import mlflow
 
     project = clone_of(smoke_project, tmp_path / "project")
     server = tracking_server(tmp_path)
     uri = server.uri
     with server:
-        env = stage_env(MLFLOW_TRACKING_URI=uri, MNIST_MIRROR=str(mnist_dir))
-        run(["dvc", "repro", "--force"], project, env)
+        env = stage_env(MLFLOW_TRACKING_URI=uri)
+        run(["dvc", "repro", "--force", "--single-item", *TRACKED_STAGES], project, env)
         run_id = json.loads((project / "data/train/run.json").read_text())["run_id"]
         client = mlflow.MlflowClient(tracking_uri=uri)
         r = client.get_run(run_id)
