@@ -2,6 +2,7 @@
 
     python -m benchmarks.stage_overhead            # ~2-3 min on 2 cores
     python -m benchmarks.stage_overhead --profile  # plus a cProfile table per stage
+    python -m benchmarks.stage_overhead --waits    # plus what a user waits for (~8 min)
 
 In a temporary copy of the project (MNIST from MNIST_MIRROR, else ../shared/mnist), after
 download and preprocess: one `dvc repro` of train -> evaluate -> register on the smoke
@@ -10,7 +11,10 @@ starts it; a no-op `dvc repro`; then each stage's own process again, alone, spli
 interpreter start + imports (``-X importtime``, top-level packages), the training epochs
 (``train_seconds``) and the rest. ``--profile`` runs each stage once more under cProfile and
 prints the project functions and imports that take the longest (profiled seconds run
-slower than plain ones; read them as shares).
+slower than plain ones; read them as shares). ``--waits`` then times, in the same copy,
+what a user waits for: `dvc repro` of train -> register on params.yaml's reference recipe
+(all 55,000 training images, 30 epochs; download and preprocess already done) and one
+`dvc exp run` of benchmarks/recipes.yaml's ``fast`` recipe.
 
 Every figure names the CPU class, the cores and the load average it was taken under.
 """
@@ -28,8 +32,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from benchmarks.train_speed import cpu_flags, machine_class
-from pipeline.testing.project import SHARED_MNIST, SMOKE, copy_project, set_params, stage_env
+from pipeline.testing.project import (
+    ROOT,
+    SHARED_MNIST,
+    SMOKE,
+    copy_project,
+    set_params,
+    stage_env,
+)
 
 STAGES = ("train", "evaluate", "register")
 ONE_EPOCH_SMOKE = {**SMOKE, "train__epochs": 1}  # the tests' slice; issue 19's single epoch
@@ -105,10 +118,29 @@ def profile(project: Path, env: dict[str, str], stage: str, top: int) -> list[tu
     return sorted(rows, key=lambda r: -r[1])[:top]
 
 
+def waits(project: Path, env: dict[str, str]) -> dict[str, float]:
+    """Wall seconds of the reference `dvc repro` and of the fast recipe's `dvc exp run`."""
+    (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    out = {}
+    start = time.perf_counter()
+    subprocess.run(["dvc", "repro"], cwd=project, env=env, check=True, capture_output=True)
+    out["`dvc repro`, reference recipe (30 epochs, 55,000 images)"] = time.perf_counter() - start
+    fast = yaml.safe_load((ROOT / "benchmarks/recipes.yaml").read_text())["fast"]
+    sets = [arg for k, v in fast.items() for arg in ("-S", f"{k}={v}")]
+    start = time.perf_counter()
+    subprocess.run(["dvc", "exp", "run", "-n", "fast", *sets], cwd=project, env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    out[f"`dvc exp run` of the fast recipe ({fast['train.epochs']} epochs)"] = (
+        time.perf_counter() - start
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stage_overhead")
     parser.add_argument("--profile", action="store_true", help="also profile each stage")
     parser.add_argument("--top", type=int, default=12, help="rows per stage profile")
+    parser.add_argument("--waits", action="store_true", help="also the full-data waits")
     args = parser.parse_args()
     mirror = os.environ.get("MNIST_MIRROR", str(SHARED_MNIST))
     env = stage_env(MNIST_MIRROR=mirror)
@@ -130,6 +162,7 @@ def main() -> None:
             {stage: profile(project, env, stage, args.top) for stage in STAGES}
             if args.profile else {}
         )  # fmt: skip
+        waited = waits(project, env) if args.waits else {}
 
     print(
         f"CPU: {cls['label']}, {os.cpu_count()} cores; load average before "
@@ -160,6 +193,11 @@ def main() -> None:
         "\n(import columns are cumulative and overlap: keras and TensorFlow import each "
         "other, so TensorFlow's figure is the first of them to be imported)"
     )
+    if waited:
+        print("\n| what a user waits for | wall s |\n|---|---|")
+        print(f"| smoke `dvc repro` (train -> register, 2,000 images, 1 epoch) | {total:.1f} |")
+        for what, seconds in waited.items():
+            print(f"| {what} | {seconds:.1f} |")
     for stage, rows in profiles.items():
         print(f"\n{stage} under cProfile (cumulative s):")
         for name, seconds in rows:
