@@ -27,7 +27,8 @@ class TrackingError(PipelineError):
 
 
 def redact(uri: str) -> str:
-    """Hide credentials in a URI (``http://user:pw@host`` -> ``http://***@host``)."""
+    """Hide the credentials of a URI: whatever comes between ``://`` and ``@`` becomes
+    ``***`` (``http://***@host``)."""
     return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
 
 
