@@ -208,8 +208,8 @@ def card_facts(
     """What the card shows, read back from the champion's run: params, metrics, tags,
     dataset sizes and the evaluation artifacts that evaluate logged."""
     run_id, tags = run_obj.info.run_id, run_obj.data.tags
-    per_class = tracking.read_text_artifact(run_id, "evaluation/per_class.csv")
-    predictions = tracking.read_text_artifact(run_id, tracking.PREDICTIONS_ARTIFACT)
+    per_class = tracking.read_text_artifact(run_obj, "evaluation/per_class.csv")
+    predictions = tracking.read_text_artifact(run_obj, tracking.PREDICTIONS_ARTIFACT)
     pred = pd.read_csv(io.StringIO(predictions)) if predictions else None
     return card.CardFacts(
         name=cfg.model_name,

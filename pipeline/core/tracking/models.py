@@ -153,7 +153,7 @@ def logged_labels(logged: LoggedTest) -> np.ndarray | None:
     run_obj = get_run(logged.run_id)
     if run_obj is None or run_obj.data.tags.get("data.test.md5") != logged.digest:
         return None
-    text = read_text_artifact(logged.run_id, PREDICTIONS_ARTIFACT)
+    text = read_text_artifact(run_obj, PREDICTIONS_ARTIFACT)
     if not text:
         return None
     try:

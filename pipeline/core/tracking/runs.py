@@ -203,15 +203,17 @@ def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:
         ) from None
 
 
-def read_text_artifact(run_id: str, artifact_file: str) -> str | None:
-    """A run's text artifact (``evaluation/per_class.csv``), None if it has none.
+def read_text_artifact(run: str | Run, artifact_file: str) -> str | None:
+    """A run's text artifact (``evaluation/per_class.csv``), None if it has none. ``run``:
+    its id, or the Run when the caller has it already (one request fewer).
 
     Read from the run's artifact URI: a ``runs:/`` URI costs a tracking server three more
     round trips (the run again and MLflow 3's logged-model lookup) for every file."""
     import mlflow
 
     try:
-        root = client().get_run(run_id).info.artifact_uri.rstrip("/")
+        run_obj = client().get_run(run) if isinstance(run, str) else run
+        root = run_obj.info.artifact_uri.rstrip("/")
         return mlflow.artifacts.load_text(f"{root}/{artifact_file}")
     except (mlflow.exceptions.MlflowException, OSError):
         return None

@@ -163,4 +163,9 @@ def test_read_text_artifact_or_none(experiment_id):
         tracking.read_text_artifact(rid, "evaluation/predictions.csv") == "actual,predicted\n7,7\n"
     )
     assert tracking.read_text_artifact(rid, "evaluation/missing.csv") is None
+    run_obj = tracking.get_run(rid)  # the Run itself: the same text, without fetching it again
+    assert (
+        tracking.read_text_artifact(run_obj, "evaluation/predictions.csv")
+        == "actual,predicted\n7,7\n"
+    )
     assert tracking.read_text_artifact("0" * 32, "evaluation/predictions.csv") is None
