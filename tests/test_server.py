@@ -442,7 +442,9 @@ def _model_dir(model, path: Path) -> Path:
     """A Keras model saved as an MLflow model folder (what a run's ``model`` artifact is)."""
     import mlflow
 
-    mlflow.keras.save_model(model, str(path))
+    # Named requirements: inferring them runs a subprocess that imports TensorFlow (~6 CPU-s
+    # a model); this test never installs them.
+    mlflow.keras.save_model(model, str(path), pip_requirements=["keras", "tensorflow"])
     return path
 
 
