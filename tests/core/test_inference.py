@@ -84,3 +84,25 @@ def test_a_file_that_is_no_model_is_a_data_error(tmp_path):
 
 def test_an_empty_batch_has_no_rows():
     assert NumpyModel([]).predict(np.zeros((0, 28, 28), np.uint8)).shape == (0, 10)
+
+
+def _blas_threads() -> set[int]:
+    from threadpoolctl import threadpool_info
+
+    return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+def test_each_batch_runs_on_a_one_thread_blas_and_the_setting_comes_back():
+    from threadpoolctl import threadpool_limits
+
+    seen = []
+
+    def probe(x: np.ndarray) -> np.ndarray:  # a "layer" that records the BLAS's threads
+        seen.append(_blas_threads())
+        return np.zeros((len(x), 10), np.float32)
+
+    with threadpool_limits(limits=2, user_api="blas"):  # a thread per core of 2 cores
+        out = NumpyModel([probe]).predict(np.zeros((2100, 28, 28), np.uint8))
+        assert _blas_threads() == {2}
+    assert out.shape == (2100, 10)
+    assert seen == [{1}] * 3  # three batches of at most 1,024
