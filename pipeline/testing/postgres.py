@@ -93,7 +93,14 @@ class PostgresServer:
         return status.returncode == 0
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres:{PASSWORD}@127.0.0.1:{self.port}/{database}"
+        """The SQLAlchemy URL of ``database``, signed in as postgres with :data:`PASSWORD`."""
+        from sqlalchemy.engine import URL
+
+        url = URL.create(
+            "postgresql", username="postgres", password=PASSWORD, host="127.0.0.1",
+            port=self.port, database=database,
+        )  # fmt: skip
+        return url.render_as_string(hide_password=False)
 
     def create_database(self, name: str) -> str:
         """A new empty database; its SQLAlchemy URL."""
