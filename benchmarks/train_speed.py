@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from pipeline.core.hardware import cpu_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = Path(__file__).with_name("recipes.yaml")
 RESULTS = Path(__file__).with_name("results")  # one JSON per machine class and CPU
@@ -49,13 +51,6 @@ MARKER = "<!-- everything below is written by: python -m benchmarks.train_speed 
 # --- machine class and FP32 peak -----------------------------------------------------------
 
 FMA_UNITS = 2  # vector FMA pipes per core: Xeon Scalable Gold/Platinum, AMD Zen 2-4 (assumed)
-
-
-def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def machine_class(flags: set[str] | None = None, env: dict | None = None) -> dict:

@@ -89,9 +89,17 @@ def _pool(kind: str) -> Layer:
     return pool
 
 
+def _dtype_policy(cfg: dict) -> str:
+    """A layer's Keras dtype policy: "float32", or e.g. "mixed_bfloat16" (train.precision)."""
+    dtype = cfg.get("dtype") or "float32"
+    return dtype["config"]["name"] if isinstance(dtype, dict) else str(dtype)
+
+
 def _layer(kind: str, cfg: dict, weights: Callable[[], list[np.ndarray]]) -> Layer | None:
     """One layer as a function of a float32 batch, None for the input layer; ``weights``
     reads its arrays (once its config is known to be supported)."""
+    if (policy := _dtype_policy(cfg)) != "float32":  # bf16 math: Keras scores it as served
+        raise UnsupportedModel(f"{kind} computing in {policy}")
     if cfg.get("data_format", "channels_last") != "channels_last":
         raise UnsupportedModel(f"{kind} with data_format={cfg['data_format']!r}")
     if kind != "ZeroPadding2D" and cfg.get("padding", "valid") != "valid":  # conv, pool

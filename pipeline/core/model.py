@@ -12,25 +12,30 @@ from pipeline.core.params import ModelParams
 layers = keras.layers
 
 
-def build_lenet5(cfg: ModelParams) -> keras.Sequential:
-    """LeNet-5; trainable parameters per layer with padding=2: 156/2416/48120/10164/850."""
+def build_lenet5(cfg: ModelParams, precision: str = "float32") -> keras.Sequential:
+    """LeNet-5; trainable parameters per layer with padding=2: 156/2416/48120/10164/850.
+
+    ``precision`` is every layer's Keras dtype policy (``train.precision``) but the
+    output's: with ``mixed_bfloat16`` the layers compute in bfloat16 on float32 weights,
+    and the softmax stays float32 so that the loss and the probabilities keep their digits.
+    """
     pool = {"max": layers.MaxPooling2D, "average": layers.AveragePooling2D}[cfg.pooling]
     side = 28 + 2 * cfg.padding  # 32 with the paper's padding
-    act = cfg.activation
+    act, dt = cfg.activation, precision
     return keras.Sequential(
         [
             keras.Input(shape=(28, 28), name="pixels"),  # raw 0–255
-            layers.Reshape((28, 28, 1), name="channel"),
-            layers.Rescaling(1 / 255, name="scale"),  # -> [0, 1]
-            layers.ZeroPadding2D(cfg.padding, name="pad"),  # -> side×side×1
-            layers.Conv2D(6, 5, activation=act, name="C1"),  # -> (side-4)²×6
-            pool(2, 2, name="S2"),  # -> ((side-4)/2)²×6
-            layers.Conv2D(16, 5, activation=act, name="C3"),  # -> ((side-4)/2-4)²×16
-            pool(2, 2, name="S4"),  # -> 5×5×16 (4×4×16 without padding)
-            layers.Flatten(name="flatten"),  # -> 400 (256 without padding)
-            layers.Dense(120, activation=act, name="C5"),
-            layers.Dense(84, activation=act, name="F6"),
-            layers.Dense(10, activation="softmax", name="output"),
+            layers.Reshape((28, 28, 1), name="channel", dtype=dt),
+            layers.Rescaling(1 / 255, name="scale", dtype=dt),  # -> [0, 1]
+            layers.ZeroPadding2D(cfg.padding, name="pad", dtype=dt),  # -> side×side×1
+            layers.Conv2D(6, 5, activation=act, name="C1", dtype=dt),  # -> (side-4)²×6
+            pool(2, 2, name="S2", dtype=dt),  # -> ((side-4)/2)²×6
+            layers.Conv2D(16, 5, activation=act, name="C3", dtype=dt),  # -> ((side-4)/2-4)²×16
+            pool(2, 2, name="S4", dtype=dt),  # -> 5×5×16 (4×4×16 without padding)
+            layers.Flatten(name="flatten", dtype=dt),  # -> 400 (256 without padding)
+            layers.Dense(120, activation=act, name="C5", dtype=dt),
+            layers.Dense(84, activation=act, name="F6", dtype=dt),
+            layers.Dense(10, activation="softmax", name="output", dtype="float32"),
         ],
         name=f"lenet5_{side}x{side}",
     )

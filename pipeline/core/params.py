@@ -76,6 +76,7 @@ class TrainParams:
     augment_shift: int = _field(0, 6)
     augment_rotate: float = _field(0, 45)
     loop: Literal["compiled", "fit"] = _field()
+    precision: Literal["float32", "mixed_bfloat16"] = _field()
     batch_size: int = _field(1, 60_000)
     epochs: int = _field(1, 10_000)
     seed: int = _field(0)

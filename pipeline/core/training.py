@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 
 import numpy as np
@@ -17,7 +18,8 @@ import pandas as pd
 from pipeline.core import cli, loop
 from pipeline.core.backend import keras, tf
 from pipeline.core.data import load_split
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import ParamsError, PipelineError
+from pipeline.core.hardware import bfloat16_problem, cpu_flags
 from pipeline.core.metrics import float32_value
 from pipeline.core.model import build_lenet5
 from pipeline.core.params import Params, TrainParams
@@ -45,6 +47,22 @@ def train_split(cfg: TrainParams) -> tuple[np.ndarray, np.ndarray]:
 
 class TrainingDiverged(PipelineError):
     """The loss became NaN or infinite."""
+
+
+def precision_problem(precision: str) -> str | None:
+    """Why ``train.precision`` cannot train fast here (mixed_bfloat16 without bf16
+    hardware: see core.hardware), as the one-line error; None when it can."""
+    if precision != "mixed_bfloat16":
+        return None
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    if problem := bfloat16_problem(cpu_flags(), os.environ, gpus):
+        return f"train.precision: mixed_bfloat16 needs bf16 hardware, and {problem}: use float32"
+    return None
+
+
+def check_precision(precision: str) -> None:
+    if problem := precision_problem(precision):
+        raise ParamsError(problem)
 
 
 def make_deterministic(seed: int) -> None:
@@ -89,7 +107,7 @@ def make_optimizer(cfg: TrainParams, steps_per_epoch: int) -> keras.optimizers.O
 
 
 def compile_model(params: Params, steps_per_epoch: int) -> keras.Sequential:
-    model = build_lenet5(params.model)
+    model = build_lenet5(params.model, params.train.precision)
     model.compile(
         optimizer=make_optimizer(params.train, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.train.label_smoothing),
@@ -204,6 +222,7 @@ def prepare(params: Params) -> Prepared:
 
     TensorFlow's threads (``set_threads``) must be set before this, by the caller.
     """
+    check_precision(params.train.precision)
     make_deterministic(params.train.seed)
     train = train_split(params.train)
     val = load_split("val")

@@ -74,6 +74,18 @@ def test_other_layers_are_unsupported_not_guessed(tmp_path, layer, message):
         NumpyModel.load(_with_layer(tmp_path, layer))
 
 
+@pytest.mark.slow
+def test_a_bfloat16_model_is_left_to_keras(tmp_path):
+    """train.precision: mixed_bfloat16 computes in bf16 when served: scored in float32
+    here, its probabilities would not be the served model's."""
+    from pipeline.core.model import build_lenet5
+    from pipeline.testing.project import reference_params
+
+    build_lenet5(reference_params().model, "mixed_bfloat16").save(tmp_path / "m.keras")
+    with pytest.raises(UnsupportedModel, match="Reshape computing in mixed_bfloat16"):
+        NumpyModel.load(tmp_path / "m.keras")
+
+
 def test_a_file_that_is_no_model_is_a_data_error(tmp_path):
     (tmp_path / "m.keras").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a Keras model file"):

@@ -9,8 +9,11 @@ import tensorflow as tf
 
 from pipeline.core.loop import CompiledLoop, _call, augmenter, split_inputs
 from pipeline.core.params import Params
-from pipeline.core.training import TrainingDiverged, compile_model, fit
+from pipeline.core.training import TrainingDiverged, compile_model, fit, precision_problem
 from pipeline.testing.project import reference_params
+
+BF16_PROBLEM = precision_problem("mixed_bfloat16")
+NEEDS_BF16 = pytest.mark.skipif(BF16_PROBLEM is not None, reason=str(BF16_PROBLEM))
 
 
 def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -118,3 +121,28 @@ def test_prepared_inputs_train_like_the_full_model_step_by_step():
     for a, b in zip(looped.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert not np.allclose(looped.get_weights()[0], compile_model(p, 3).get_weights()[0])
+
+
+@NEEDS_BF16
+@pytest.mark.parametrize("loop", ["compiled", "fit"])
+def test_mixed_bfloat16_learns_and_is_reproducible(loop):
+    """train.precision: mixed_bfloat16 trains in bf16 (not float32's weights), run to run
+    to the last bit, and keeps float32 weights."""
+    from pipeline.core.training import make_deterministic
+
+    p = params(loop=loop, optimizer="adam", learning_rate=0.003, batch_size=32, epochs=3)
+    bf16 = dataclasses.replace(p, train=dataclasses.replace(p.train, precision="mixed_bfloat16"))
+    train, val = toy_data(640), toy_data(200, seed=1)
+
+    def weights(q: Params) -> tuple[list[np.ndarray], float]:
+        make_deterministic(0)
+        model = compile_model(q, 20)
+        history = fit(model, train, val, q.train, [])
+        return model.get_weights(), history["val_accuracy"].iloc[-1]
+
+    (first, acc), (again, _), (f32, _) = weights(bf16), weights(bf16), weights(p)
+    assert acc > 0.9
+    assert all(w.dtype == np.float32 for w in first)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], f32[0])  # the math did run in bfloat16

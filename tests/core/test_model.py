@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 
 from pipeline.core.model import build_lenet5, train_flops_per_image
+from pipeline.core.training import precision_problem
 from pipeline.testing.project import reference_params
+
+BF16_PROBLEM = precision_problem("mixed_bfloat16")
+NEEDS_BF16 = pytest.mark.skipif(BF16_PROBLEM is not None, reason=str(BF16_PROBLEM))
 
 REFERENCE = reference_params().model  # tanh, max pooling, padding 2 (the paper's 32x32)
 
@@ -33,6 +37,18 @@ def test_trainable_parameters_per_layer(padding, expected):
     model = build_lenet5(model_params(padding=padding))
     assert trainable_params_per_layer(model) == expected
     assert model.count_params() == sum(expected.values())
+
+
+@NEEDS_BF16
+def test_mixed_bfloat16_computes_in_bfloat16_on_float32_weights():
+    model = build_lenet5(REFERENCE, "mixed_bfloat16")
+    assert model.count_params() == 61_706
+    assert {layer.compute_dtype for layer in model.layers[:-1]} == {"bfloat16"}
+    assert all(w.dtype == "float32" for w in model.weights)
+    x = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28)).astype("float32")
+    probs = model(x)
+    assert model.layers[-1].compute_dtype == "float32" and probs.dtype == "float32"
+    np.testing.assert_allclose(np.asarray(probs).sum(axis=1), 1.0, rtol=1e-6)
 
 
 def test_shapes_follow_the_paper():

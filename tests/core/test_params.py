@@ -21,6 +21,7 @@ def test_project_params_are_the_reference_recipe():
         30,
     )
     assert (p.model.activation, p.model.pooling, p.model.padding) == ("tanh", "max", 2)
+    assert p.train.precision == "float32"
     assert p.preprocess.val_size == 5000
     assert len(p.download.mirrors) >= 2
     assert all(m.startswith("https://") or m.startswith("http://") for m in p.download.mirrors)
@@ -36,6 +37,7 @@ def test_project_params_are_the_reference_recipe():
         ("train", "learning_rate", -0.1, "train.learning_rate: must be > 0"),
         ("train", "optimizer", "adamx", "train.optimizer: expected one of 'sgd'"),
         ("train", "max_samples", 0, "train.max_samples: must be >= 1"),
+        ("train", "precision", "bfloat16", "train.precision: expected one of 'float32', 'mixed"),
         ("train", "nesterov", "yes", "train.nesterov: expected true/false"),
         ("model", "activation", "sigmoid", "model.activation: expected one of 'tanh', 'relu'"),
         ("model", "padding", 1, "model.padding: expected one of 0, 2"),

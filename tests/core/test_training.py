@@ -2,6 +2,8 @@
 
 import pytest
 
+from pipeline.core import training
+from pipeline.core.errors import ParamsError
 from pipeline.core.training import learning_rate, make_optimizer
 from pipeline.testing.project import reference_params
 
@@ -33,3 +35,17 @@ def test_schedules_and_optimizers_come_from_params():
         type(make_optimizer(train_params(optimizer="adamw", weight_decay=1e-4), 10)).__name__
         == "AdamW"
     )
+
+
+def test_mixed_bfloat16_is_refused_without_bf16_hardware(monkeypatch):
+    """On a CPU without bf16 instructions (and no GPU), one line before any training."""
+    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind: [])
+    params = reference_params({"train.precision": "mixed_bfloat16"})
+    with pytest.raises(ParamsError) as e:
+        training.prepare(params)
+    assert str(e.value) == (
+        "train.precision: mixed_bfloat16 needs bf16 hardware, and this CPU has no "
+        "AVX512_BF16 or AMX-BF16 and there is no GPU: use float32"
+    )
+    training.check_precision("float32")  # float32 runs anywhere
