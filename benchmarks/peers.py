@@ -18,7 +18,9 @@ Peers (names for ``--only``):
   pipeline           the train stage's own loop (pipeline/core/loop.py), params.yaml's recipe
   pipeline-xla       the same loop with ``jit_compile=True`` (XLA), without op determinism
                      (TensorFlow refuses it: MaxPoolGrad has no deterministic XLA kernel)
+  pipeline-bf16      the same loop with ``train.precision: mixed_bfloat16``
   torch              PyTorch eager, its default threading
+  torch-bf16         PyTorch eager, default threading, ``torch.autocast`` to bfloat16
   torch-N-POLICY     PyTorch eager, N threads, OMP_WAIT_POLICY=POLICY (active | passive)
   torch-compile      ``torch.compile(model)`` with default settings
   jax                ``jax.jit`` of a whole epoch (``lax.scan`` over batches) + optax.sgd
@@ -46,7 +48,9 @@ TORCH_SETTINGS = [(n, policy) for n in (1, 2) for policy in ("active", "passive"
 PEERS = [
     "pipeline",
     "pipeline-xla",
+    "pipeline-bf16",
     "torch",
+    "torch-bf16",
     *(f"torch-{n}-{p}" for n, p in TORCH_SETTINGS),
     "torch-compile",
     "jax",
@@ -56,7 +60,7 @@ PEERS = [
 def peer_env(name: str) -> dict[str, str]:
     """The environment a peer's worker starts with."""
     env = dict(os.environ)
-    if name.startswith("torch-") and name != "torch-compile":
+    if name.startswith("torch-") and name not in ("torch-compile", "torch-bf16"):
         _, n, policy = name.split("-")
         env |= {"OMP_NUM_THREADS": n, "OMP_WAIT_POLICY": policy.upper()}
     if name == "jax":
@@ -74,7 +78,7 @@ def _data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 class PipelineTrainer:
-    def __init__(self, data: dict, side: int, xla: bool) -> None:
+    def __init__(self, data: dict, side: int, xla: bool, bf16: bool = False) -> None:
         import dataclasses
 
         import keras
@@ -85,7 +89,11 @@ class PipelineTrainer:
 
         params = load_params(ROOT / "params.yaml")
         params = dataclasses.replace(
-            params, model=dataclasses.replace(params.model, padding=(side - 28) // 2)
+            params,
+            model=dataclasses.replace(params.model, padding=(side - 28) // 2),
+            train=dataclasses.replace(
+                params.train, precision="mixed_bfloat16" if bf16 else params.train.precision
+            ),
         )
         if xla:  # TensorFlow has no deterministic XLA kernel for MaxPoolGrad: seeds only
             keras.utils.set_random_seed(params.train.seed)
@@ -102,7 +110,9 @@ class PipelineTrainer:
 
 
 class TorchTrainer:
-    def __init__(self, data: dict, side: int, compiled: bool) -> None:
+    def __init__(self, data: dict, side: int, compiled: bool, bf16: bool = False) -> None:
+        import contextlib
+
         import torch
         from torch import nn
 
@@ -128,6 +138,11 @@ class TorchTrainer:
         self.forward = torch.compile(self.model) if compiled else self.model
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR)
         self.loss = nn.CrossEntropyLoss()
+        # bf16 math on float32 weights, as Keras' mixed_bfloat16 (the loss in float32)
+        self.autocast = (
+            (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16
+            else contextlib.nullcontext
+        )  # fmt: skip
 
     def epoch(self) -> float:
         torch = self.torch
@@ -136,11 +151,13 @@ class TorchTrainer:
         for i in range(0, len(order), BATCH):
             idx = order[i : i + BATCH]
             self.opt.zero_grad()
-            self.loss(self.forward(self.x[idx]), self.y[idx]).backward()
+            with self.autocast():
+                out = self.forward(self.x[idx])
+            self.loss(out.float(), self.y[idx]).backward()
             self.opt.step()
         self.model.eval()
         correct = 0
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             for i in range(0, len(self.xv), VAL_BATCH):
                 out = self.forward(self.xv[i : i + VAL_BATCH])
                 correct += int((out.argmax(1) == self.yv[i : i + VAL_BATCH]).sum())
@@ -237,9 +254,9 @@ class JaxTrainer:
 def make_trainer(name: str, side: int):
     data = _data()
     if name.startswith("pipeline"):
-        return PipelineTrainer(data, side, xla=name == "pipeline-xla")
+        return PipelineTrainer(data, side, xla=name == "pipeline-xla", bf16=name == "pipeline-bf16")
     if name.startswith("torch"):
-        return TorchTrainer(data, side, compiled=name == "torch-compile")
+        return TorchTrainer(data, side, compiled=name == "torch-compile", bf16=name == "torch-bf16")
     if name == "jax":
         return JaxTrainer(data, side)
     raise SystemExit(f"unknown peer {name!r}; one of {', '.join(PEERS)}")
@@ -371,8 +388,12 @@ def settings(name: str) -> str:
         return "TensorFlow, params.yaml (train.threads: TensorFlow's default)"
     if name == "pipeline-xla":
         return "the same, jit_compile=True, not deterministic"
+    if name == "pipeline-bf16":
+        return "the same, train.precision: mixed_bfloat16"
     if name == "torch":
         return "eager, default threads and wait policy"
+    if name == "torch-bf16":
+        return "eager, default threads, torch.autocast bfloat16"
     if name == "torch-compile":
         return "torch.compile, default mode"
     if name == "jax":
