@@ -43,6 +43,7 @@ PARAMS = [
     "train.batch_size",
     "train.epochs",
     "train.max_samples",
+    "train.precision",  # float32 | mixed_bfloat16: the minutes differ, the accuracy may
 ]
 METRICS = ["val_accuracy", "val_loss", "best_val_accuracy", "test_accuracy", "test_loss"]
 

@@ -43,7 +43,7 @@ PARAMS = {  # as MLflow stores them: strings
     "train.lr_decay_rate": "0.5", "train.lr_decay_epochs": "4", "train.warmup_epochs": "0",
     "train.batch_size": "64", "train.epochs": "12", "train.seed": "3",
     "train.augment_shift": "2", "train.augment_rotate": "10", "train.label_smoothing": "0.1",
-    "train.loop": "fit", "train.max_samples": "None",
+    "train.loop": "fit", "train.max_samples": "None", "train.precision": "mixed_bfloat16",
 }  # fmt: skip
 METRICS = {
     "test_accuracy": 0.9,  # 36 of 40
@@ -233,6 +233,7 @@ def test_identifiers_appear_verbatim():
                   "mlflow models serve -m models:/lenet5-mnist@champion"):  # fmt: skip
         assert value in text
     assert "dirty" in sections(text)["Model details"]
+    assert "**Numerics:** `mixed_bfloat16`: bfloat16 math on float32 weights" in text
     assert "`shift_2px` | 85.00 % | 5.00 |" in text  # the drop vs clean, in points
     assert "shifts ± 2 px, rotations ± 10°" in text
     assert "| 3 | 5 | 2 |" in text  # the top confusion
