@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 from pipeline.core import imaging, tracking
 from pipeline.core.cli import run
 from pipeline.core.errors import PipelineError
+from pipeline.core.hardware import bfloat16_problem, cpu_flags
 from pipeline.core.params import load_params
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,21 @@ def format_line(path: Path, probs: np.ndarray, as_json: bool = False) -> str:
     return f"{path}: digit {digit} (p={p:.3f})"
 
 
+def check_hardware(model_uri: str) -> None:
+    """A model trained with ``train.precision: mixed_bfloat16`` computes in bfloat16: where
+    that is not in hardware, one line here instead of an error deep in TensorFlow."""
+    trained = tracking.get_run(tracking.model_info(model_uri).run_id)
+    if trained and trained.data.params.get("train.precision") == "mixed_bfloat16":
+        from pipeline.core.backend import tf
+
+        gpus = len(tf.config.list_physical_devices("GPU"))
+        if why := bfloat16_problem(cpu_flags(), os.environ, gpus):
+            raise PipelineError(
+                f"{model_uri} computes in bfloat16 (train.precision: mixed_bfloat16), and "
+                f"{why}: predict with it where bf16 is in hardware"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params()
@@ -73,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # verbose="auto") and anything else the flavour prints goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         model = tracking.load_pyfunc(model_uri)
+        check_hardware(model_uri)
         log.info("loaded %s", model_uri)
         probs = np.asarray(model.predict(images), dtype=np.float64)
     if probs.shape != (len(images), 10):

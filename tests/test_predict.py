@@ -118,3 +118,29 @@ def test_predicts_with_the_champion(workdir, mlflow_store, capsys):
     (obj,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert obj["path"] == "zero.png" and 0 <= obj["digit"] <= 9
     assert sum(obj["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_bfloat16_model_without_bf16_hardware_is_one_line(workdir, mlflow_store, monkeypatch):
+    """train.precision: mixed_bfloat16 computes in bf16 when served: on a CPU without it
+    (here oneDNN capped at AVX2), TensorFlow's own error would come from deep inside."""
+    from pipeline.core import tracking
+    from pipeline.core.backend import tf
+    from pipeline.core.errors import PipelineError
+    from pipeline.core.model import build_lenet5
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU computes bfloat16: nothing to refuse")
+    experiment_id = tracking.connect("lenet5-mnist")
+    with tracking.active_run(experiment_id=experiment_id):
+        tracking.log_params({"train.precision": "mixed_bfloat16"})
+        model_uri = tracking.log_model(
+            build_lenet5(reference_params().model, "mixed_bfloat16"),
+            np.zeros((1, 28, 28), dtype=np.uint8),
+        )
+    digit_png(workdir / "zero.png")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    with pytest.raises(PipelineError) as e:
+        main(["--model-uri", model_uri, "zero.png"])
+    assert str(e.value).startswith(f"{model_uri} computes in bfloat16 (train.precision: mixed_")
+    assert "\n" not in str(e.value)
