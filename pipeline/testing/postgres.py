@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 # A throwaway instance, with scram auth like a real server: its password comes from
-# $PG_TEST_PASSWORD, else a fresh random one per process; none is committed.
+# $PG_TEST_PASSWORD, else a fresh random one per process; none is committed, and none is
+# put in a URL: clients read it from the server's libpq password file (``passfile``).
 PASSWORD = os.environ.get("PG_TEST_PASSWORD") or secrets.token_urlsafe(18)
 
 
@@ -42,6 +43,7 @@ class PostgresServer:
         self.port, self.bin = port, bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="pg-"))
         self.data = self.root / "data"
+        self.passfile = self.root / "pgpass"  # libpq's format; 0600, or libpq ignores it
         self.user = "postgres" if os.geteuid() == 0 else None
         if self.user:
             shutil.chown(self.root, self.user)
@@ -57,6 +59,8 @@ class PostgresServer:
         pwfile.write_text(PASSWORD + "\n")
         if self.user:
             shutil.chown(pwfile, self.user)
+        self.passfile.touch(mode=0o600)
+        self.passfile.write_text(f"127.0.0.1:*:*:postgres:{PASSWORD}\n")
         self._run(
             str(self.bin / "initdb"),
             "-D",
@@ -93,14 +97,10 @@ class PostgresServer:
         return status.returncode == 0
 
     def url(self, database: str = "postgres") -> str:
-        """The SQLAlchemy URL of ``database``, signed in as postgres with :data:`PASSWORD`."""
-        from sqlalchemy.engine import URL
-
-        url = URL.create(
-            "postgresql", username="postgres", password=PASSWORD, host="127.0.0.1",
-            port=self.port, database=database,
-        )  # fmt: skip
-        return url.render_as_string(hide_password=False)
+        """The SQLAlchemy URL of ``database`` as user postgres; the password is not in it:
+        libpq reads it from :attr:`passfile`, which the URL names."""
+        query = f"passfile={self.passfile}"
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}?{query}"
 
     def create_database(self, name: str) -> str:
         """A new empty database; its SQLAlchemy URL."""
