@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 from pipeline.core import imaging, tracking
 from pipeline.core.cli import run
 from pipeline.core.errors import PipelineError
-from pipeline.core.hardware import bfloat16_problem, cpu_flags
+from pipeline.core.hardware import bfloat16_problem
 from pipeline.core.params import load_params
 
 log = logging.getLogger(__name__)
@@ -72,8 +71,7 @@ def check_hardware(model_uri: str) -> None:
     if trained and trained.data.params.get("train.precision") == "mixed_bfloat16":
         from pipeline.core.backend import tf
 
-        gpus = len(tf.config.list_physical_devices("GPU"))
-        if why := bfloat16_problem(cpu_flags(), os.environ, gpus):
+        if why := bfloat16_problem(gpus=len(tf.config.list_physical_devices("GPU"))):
             raise PipelineError(
                 f"{model_uri} computes in bfloat16 (train.precision: mixed_bfloat16), and "
                 f"{why}: predict with it where bf16 is in hardware"

@@ -8,6 +8,7 @@ the middle of the first epoch (seen with ``ONEDNN_MAX_CPU_ISA=AVX2`` on an AVX-5
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,10 +28,15 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
-def bfloat16_problem(flags: set[str], env: Mapping[str, str], gpus: int) -> str | None:
-    """Why bfloat16 math would not run in hardware here, or None when it would."""
+def bfloat16_problem(
+    gpus: int, flags: set[str] | None = None, env: Mapping[str, str] | None = None
+) -> str | None:
+    """Why bfloat16 math would not run in hardware, or None when it would: with ``gpus``
+    GPUs, on a CPU with these flags and this environment (default: this machine's)."""
     if gpus:
         return None
+    flags = cpu_flags() if flags is None else flags
+    env = os.environ if env is None else env
     if not any(f in flags for f in BF16_FLAGS):
         return "this CPU has no AVX512_BF16 or AMX-BF16 and there is no GPU"
     cap = env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 
 import numpy as np
@@ -19,7 +18,7 @@ from pipeline.core import cli, loop
 from pipeline.core.backend import keras, tf
 from pipeline.core.data import load_split
 from pipeline.core.errors import ParamsError, PipelineError
-from pipeline.core.hardware import bfloat16_problem, cpu_flags
+from pipeline.core.hardware import bfloat16_problem
 from pipeline.core.metrics import float32_value
 from pipeline.core.model import build_lenet5
 from pipeline.core.params import Params, TrainParams
@@ -54,8 +53,7 @@ def precision_problem(precision: str) -> str | None:
     hardware: see core.hardware), as the one-line error; None when it can."""
     if precision != "mixed_bfloat16":
         return None
-    gpus = len(tf.config.list_physical_devices("GPU"))
-    if problem := bfloat16_problem(cpu_flags(), os.environ, gpus):
+    if problem := bfloat16_problem(gpus=len(tf.config.list_physical_devices("GPU"))):
         return f"train.precision: mixed_bfloat16 needs bf16 hardware, and {problem}: use float32"
     return None
 

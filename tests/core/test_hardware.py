@@ -34,5 +34,5 @@ def test_flags_are_read_from_cpuinfo(tmp_path):
     ],
 )
 def test_bfloat16_runs_in_hardware_only(flags, env, gpus, problem):
-    found = bfloat16_problem(flags, env, gpus)
+    found = bfloat16_problem(gpus, flags=flags, env=env)
     assert found is None if problem is None else problem in found

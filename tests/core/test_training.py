@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.core import training
+from pipeline.core import hardware, training
 from pipeline.core.errors import ParamsError
 from pipeline.core.training import learning_rate, make_optimizer
 from pipeline.testing.project import reference_params
@@ -39,7 +39,7 @@ def test_schedules_and_optimizers_come_from_params():
 
 def test_mixed_bfloat16_is_refused_without_bf16_hardware(monkeypatch):
     """On a CPU without bf16 instructions (and no GPU), one line before any training."""
-    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "fma"})
     monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind: [])
     params = reference_params({"train.precision": "mixed_bfloat16"})
     with pytest.raises(ParamsError) as e:
