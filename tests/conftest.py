@@ -27,6 +27,17 @@ from pipeline.testing.project import (
 )
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``bf16`` skip, with the one-line reason, where bf16 is not in hardware
+    (the train stage's own check: no GPU, no AVX512_BF16/AMX-BF16, or oneDNN capped)."""
+    if item.get_closest_marker("bf16"):
+        from pipeline.core.training import precision_problem
+
+        problem = precision_problem("mixed_bfloat16")
+        if problem:
+            pytest.skip(problem)
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """../shared/mnist: the four official MNIST files (required in CI)."""

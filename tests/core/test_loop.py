@@ -9,11 +9,8 @@ import tensorflow as tf
 
 from pipeline.core.loop import CompiledLoop, _call, augmenter, split_inputs
 from pipeline.core.params import Params
-from pipeline.core.training import TrainingDiverged, compile_model, fit, precision_problem
+from pipeline.core.training import TrainingDiverged, compile_model, fit
 from pipeline.testing.project import reference_params
-
-BF16_PROBLEM = precision_problem("mixed_bfloat16")
-NEEDS_BF16 = pytest.mark.skipif(BF16_PROBLEM is not None, reason=str(BF16_PROBLEM))
 
 
 def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +120,7 @@ def test_prepared_inputs_train_like_the_full_model_step_by_step():
     assert not np.allclose(looped.get_weights()[0], compile_model(p, 3).get_weights()[0])
 
 
-@NEEDS_BF16
+@pytest.mark.bf16
 @pytest.mark.parametrize("loop", ["compiled", "fit"])
 def test_mixed_bfloat16_learns_and_is_reproducible(loop):
     """train.precision: mixed_bfloat16 trains in bf16 (not float32's weights), run to run

@@ -4,11 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.model import build_lenet5, train_flops_per_image
-from pipeline.core.training import precision_problem
 from pipeline.testing.project import reference_params
-
-BF16_PROBLEM = precision_problem("mixed_bfloat16")
-NEEDS_BF16 = pytest.mark.skipif(BF16_PROBLEM is not None, reason=str(BF16_PROBLEM))
 
 REFERENCE = reference_params().model  # tanh, max pooling, padding 2 (the paper's 32x32)
 
@@ -39,7 +35,7 @@ def test_trainable_parameters_per_layer(padding, expected):
     assert model.count_params() == sum(expected.values())
 
 
-@NEEDS_BF16
+@pytest.mark.bf16
 def test_mixed_bfloat16_computes_in_bfloat16_on_float32_weights():
     model = build_lenet5(REFERENCE, "mixed_bfloat16")
     assert model.count_params() == 61_706
