@@ -27,7 +27,11 @@ from numpy.lib.stride_tricks import as_strided
 from pipeline.core.errors import DataError
 
 Layer = Callable[[np.ndarray], np.ndarray]
-BATCH = 1024  # images per forward pass: a C1 window view of 1,024 images is ~80 MB
+# Images per forward pass. C1's patches are 100 KB an image: 128 images' (10 MB) stay in
+# the CPU's caches between their copy and the matrix product; 1,024 images' (80 MB) went to
+# memory and back, and C1 took 5x as long (10,000 test images: 0.62-0.80 s -> 0.39-0.44 s
+# on 2 cores, AMD EPYC AVX-512; BENCHMARKS.md).
+BATCH = 128
 
 
 class UnsupportedModel(Exception):
