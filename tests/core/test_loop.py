@@ -120,24 +120,26 @@ def test_prepared_inputs_train_like_the_full_model_step_by_step():
     assert not np.allclose(looped.get_weights()[0], compile_model(p, 3).get_weights()[0])
 
 
+def trained(q: Params, train, val) -> tuple[list[np.ndarray], float]:
+    """A fresh model trained with ``q`` from seed 0: its weights and final val_accuracy."""
+    from pipeline.core.training import make_deterministic
+
+    make_deterministic(0)
+    model = compile_model(q, 20)
+    history = fit(model, train, val, q.train, [])
+    return model.get_weights(), history["val_accuracy"].iloc[-1]
+
+
 @pytest.mark.bf16
 @pytest.mark.parametrize("loop", ["compiled", "fit"])
 def test_mixed_bfloat16_learns_and_is_reproducible(loop):
     """train.precision: mixed_bfloat16 trains in bf16 (not float32's weights), run to run
     to the last bit, and keeps float32 weights."""
-    from pipeline.core.training import make_deterministic
-
     p = params(loop=loop, optimizer="adam", learning_rate=0.003, batch_size=32, epochs=3)
     bf16 = dataclasses.replace(p, train=dataclasses.replace(p.train, precision="mixed_bfloat16"))
     train, val = toy_data(640), toy_data(200, seed=1)
 
-    def weights(q: Params) -> tuple[list[np.ndarray], float]:
-        make_deterministic(0)
-        model = compile_model(q, 20)
-        history = fit(model, train, val, q.train, [])
-        return model.get_weights(), history["val_accuracy"].iloc[-1]
-
-    (first, acc), (again, _), (f32, _) = weights(bf16), weights(bf16), weights(p)
+    (first, acc), (again, _), (f32, _) = (trained(q, train, val) for q in (bf16, bf16, p))
     assert acc > 0.9
     assert all(w.dtype == np.float32 for w in first)
     for a, b in zip(first, again, strict=True):
@@ -148,8 +150,6 @@ def test_mixed_bfloat16_learns_and_is_reproducible(loop):
 def test_the_compiled_loop_trains_on_augmented_digits_reproducibly():
     """train.augment_*: the epoch (a tf.while_loop, no AutoGraph) runs the random shift and
     rotation layers on every batch, the same ones run to run, and still learns."""
-    from pipeline.core.training import make_deterministic
-
     augmented = params(
         optimizer="adam", learning_rate=0.003, batch_size=32, epochs=3,
         augment_shift=2, augment_rotate=10,
@@ -159,16 +159,8 @@ def test_the_compiled_loop_trains_on_augmented_digits_reproducibly():
     )
     train, val = toy_data(640), toy_data(200, seed=1)
 
-    def trained(q: Params) -> tuple[list[np.ndarray], float]:
-        make_deterministic(0)
-        model = compile_model(q, 20)
-        history = fit(model, train, val, q.train, [])
-        return model.get_weights(), history["val_accuracy"].iloc[-1]
-
     (first, acc), (again, _), (unaugmented, _) = (
-        trained(augmented),
-        trained(augmented),
-        trained(plain),
+        trained(q, train, val) for q in (augmented, augmented, plain)
     )
     assert acc > 0.8
     for a, b in zip(first, again, strict=True):
