@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +45,10 @@ def queued(smoke_project, tmp_path_factory):
     """The smoke project with its run committed as the baseline, then a 2×1 grid queued in
     one command and run by 2 workers at once, and one `dvc exp run --temp`.
 
+    The MLflow store is removed first: the two workers' train stages are a new project's
+    first use, and both create the store at the same moment (issue 29: one of them used
+    to fail in MLflow's schema migrations).
+
     Two experiments are enough for two workers writing one store at the same time; the
     grid's product is test_a_grid_queues_the_product_of_the_values' (each experiment
     here is a whole pipeline run, 40-50 s on 2 cores)."""
@@ -51,6 +56,8 @@ def queued(smoke_project, tmp_path_factory):
     env = stage_env()
     run(["git", "add", "-A"], project)  # metrics and plot data are git's to keep
     run([*GIT, "commit", "-qm", "baseline run"], project)
+    (project / "mlflow.db").unlink()
+    shutil.rmtree(project / "mlartifacts")
     run(
         [
             "dvc", "exp", "run", "--queue",
@@ -120,7 +127,7 @@ def test_queue_with_two_workers_records_every_experiment(queued):
             run([sys.executable, "-m", "pipeline.compare", "--format", "csv"], project, env).stdout
         )
     )
-    assert len(table) == 4  # the baseline run, the two queued and the --temp experiment
+    assert len(table) == 3  # the two queued and the --temp experiment (a new store)
     assert table["val_accuracy"].is_monotonic_decreasing  # ranked as register ranks
     assert table.loc[0, "run_id"] == best.info.run_id
     assert table.loc[table["champion"] == "*", "run_id"].tolist() == [champion.run_id]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 
 import optuna
 import sqlalchemy
@@ -17,6 +15,7 @@ from optuna.trial import FrozenTrial
 
 from pipeline.core.errors import PipelineError, first_line, redact
 from pipeline.core.layout import OPTUNA_DB, project_root
+from pipeline.core.locks import file_lock, sqlite_path
 from pipeline.core.urls import is_postgres, with_driver
 
 STORAGE_ENV = "OPTUNA_STORAGE"
@@ -43,7 +42,10 @@ def open_storage(
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}  # wait for the other workers' writes
     try:
-        with warnings.catch_warnings():
+        # RDBStorage creates its tables and stamps Alembic's version when it first opens a
+        # new database, with no lock of its own: one worker at a time here, so the later
+        # ones find the schema made (SQLite: a file lock; PostgreSQL: an advisory lock).
+        with _creation_lock(url), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(
                 url,
@@ -54,6 +56,22 @@ def open_storage(
             )
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:
         raise TuneError(f"optuna storage {redact(url)}: {first_line(e)}") from None
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    db = sqlite_path(url)
+    if db is not None:
+        with file_lock(db):
+            yield
+        return
+    lock = StudyLock(url, "(schema)")
+    try:
+        with lock.held():
+            yield
+    finally:
+        assert lock.engine is not None
+        lock.engine.dispose()
 
 
 class StudyLock:
@@ -73,15 +91,12 @@ class StudyLock:
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        if self.engine is None:
-            path = Path(self.url.removeprefix("sqlite:///").split("?")[0] + ".lock")
-            with open(path, "a") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
+        db = sqlite_path(self.url)
+        if self.engine is None and db is not None:
+            with file_lock(db):
+                yield
             return
+        assert self.engine is not None
         with self.engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
             try:

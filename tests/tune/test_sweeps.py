@@ -3,6 +3,7 @@ workers, the exact budget, and the winner reproduced by `dvc exp run`."""
 
 import json
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,3 +167,22 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(smoke_project, tmp_path
     assert "lost its worker" in err
     lost_run = mlflow_client(project).get_run(lost.user_attrs["mlflow_run_id"])
     assert lost_run.info.status == "FAILED" and lost_run.data.tags["optuna.state"] == "FAIL"
+
+
+@pytest.mark.slow
+def test_two_workers_on_a_new_project_create_both_stores_once(smoke_project, tmp_path):
+    """`--workers 2` where neither mlflow.db nor optuna.db exists yet: both workers open
+    the new stores at once (issue 29: "duplicate column name: step" in one of them), and
+    every trial is recorded in both."""
+    project = clone_of(smoke_project, tmp_path)
+    (project / "mlflow.db").unlink()
+    shutil.rmtree(project / "mlartifacts")
+    assert not (project / "optuna.db").exists()
+    set_params(project, tune__study="new", tune__n_trials=2, **{**TINY, "tune__epochs": 1})
+    set_params(project, tune__pruner="none")
+    run([sys.executable, "-m", "pipeline.tune", "--workers", "2"], project)
+    trials = _trials(f"sqlite:///{project / 'optuna.db'}", "new")
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE"]
+    runs = {t.user_attrs["mlflow_run_id"] for t in trials}
+    client = mlflow_client(project)
+    assert {client.get_run(r).info.status for r in runs} == {"FINISHED"}

@@ -15,10 +15,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.core.errors import TrackingError, first_line, redact
 from pipeline.core.layout import MLFLOW_ARTIFACTS, MLFLOW_DB, project_root
+from pipeline.core.locks import file_lock, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -80,7 +82,32 @@ def use_store() -> str:
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         _probe(uri)
     mlflow.set_tracking_uri(uri)
+    db = sqlite_path(uri)
+    if db is not None:
+        _create_once(uri, db)
     return uri
+
+
+def _create_once(uri: str, db: Path) -> None:
+    """Create (or find) the SQLite store's tables under :func:`file_lock`, so that one
+    process runs MLflow's schema migrations and every later opener finds them done.
+
+    MLflow's SQL stores create the schema when they first open a database without its
+    tables (``_initialize_tables``: ``create_all`` then ~70 Alembic migrations), with no
+    lock of their own: two processes opening a new ``mlflow.db`` at once migrated against
+    each other (``alembic_version``: 0 rows matched; "duplicate column name"). Opening the
+    tracking and the registry store here, one process at a time, leaves each later opener
+    a complete schema, which MLflow only verifies.
+    """
+    import mlflow
+
+    with file_lock(db):
+        try:
+            c = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+            c.search_experiments(max_results=1)  # the tracking store: tables, migrations
+            c.search_registered_models(max_results=1)  # the registry store (same file)
+        except mlflow.exceptions.MlflowException as e:
+            raise TrackingError(f"tracking store {redact(uri)}: {error_line(e)}") from None
 
 
 def connect(experiment: str) -> str:
