@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pipeline.core.tracking.runs import MODEL_URI_TAG
+from pipeline.core.tags import MODEL_URI_TAG
 
 MODEL_COLUMN = f"tags.{MODEL_URI_TAG}"
 # FINISHED and evaluated (evaluate logs test_accuracy to the training's run).
@@ -167,14 +167,19 @@ def gate_record(
     alpha: float,
     min_gain: float,
     against: str | None = None,
+    md5: str | None = None,
 ) -> dict[str, object]:
     """The gate's facts as champion.json's ``gate`` holds them (``decision`` and ``reason``
     are added by the caller). ``discordant``: [champion right & candidate wrong, candidate
     right & champion wrong]; the accuracy difference is the candidate's minus the
-    champion's, in points, with its 95 % interval."""
+    champion's, in points, with its 95 % interval. ``md5``: the scored split's content
+    hash, which says whether the counts still hold (:func:`reusable`)."""
+    images: dict[str, object] = {"split": split, "count": n}
+    if md5 is not None:
+        images["md5"] = md5
     record: dict[str, object] = {
         "against": against,
-        "images": {"split": split, "count": n},
+        "images": images,
         "alpha": alpha,
         "min_gain": min_gain,
     }
@@ -187,6 +192,24 @@ def gate_record(
             "accuracy_diff_ci95_pts": [round(low, 4), round(high, 4)],
         }
     return record
+
+
+def reusable(record: Mapping[str, object], against: str, md5: str) -> Paired | None:
+    """The paired counts of an earlier gate of the same candidate (the version that stores
+    the record), while they still hold: the same champion scored on the same images
+    (split content hash). Only the counts are reused: the decision is made again under
+    today's ``register.alpha`` and ``register.min_gain`` (:func:`decide`)."""
+    images = record.get("images")
+    discordant = record.get("discordant")
+    if (
+        record.get("against") != against
+        or not isinstance(images, Mapping)
+        or images.get("md5") != md5
+        or not isinstance(discordant, list)
+    ):
+        return None
+    champion_only, candidate_only = (int(v) for v in discordant)
+    return Paired(int(images["count"]), champion_only, candidate_only)
 
 
 def gate_tags(record: Mapping[str, object]) -> dict[str, str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import TrackingError
+from pipeline.core.tags import MODEL_URI_TAG
 from pipeline.core.tracking.store import client, error_line
 
 if TYPE_CHECKING:  # imported lazily at run time: MLflow and Keras take seconds to import
@@ -21,7 +22,6 @@ if TYPE_CHECKING:  # imported lazily at run time: MLflow and Keras take seconds 
 
 log = logging.getLogger(__name__)
 
-MODEL_URI_TAG = "model.uri"  # set on a run once its model is logged
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI folds children)
 
 
