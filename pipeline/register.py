@@ -11,7 +11,8 @@
   ``@champion`` moves. Not significant: the candidate becomes ``@challenger`` and the
   champion stays. No champion yet: the first one is promoted without a test. The gate's
   numbers are tags on the candidate's version and ``gate`` in champion.json; a version
-  already tested against the same champion is not tested again;
+  already scored against the same champion on the same test images is not scored again,
+  but its counts are decided anew under today's ``register.alpha`` and ``min_gain``;
 - two machines moving the alias at once: after a move the alias is read back, and if
   another version took it, the two are gated against each other the same way;
 - writes data/register/champion.json (the champion, the ranking metric, the test metrics,
@@ -44,6 +45,7 @@ from pipeline.core.promotion import (
     gate_tags,
     paired,
     rank_runs,
+    reusable,
 )
 
 if TYPE_CHECKING:
@@ -87,48 +89,53 @@ def version_for(name: str, run_obj: Run) -> ModelVersion:
 
 
 def gate(name: str, candidate: ModelVersion, champion: ModelVersion | None, cfg: RegisterParams):
-    """Test ``candidate`` against ``champion`` on the test split: (Decision, gate record)."""
+    """Test ``candidate`` against ``champion`` on the test split: (Decision, gate record).
+
+    An earlier gate of the same two versions on the same test images is not scored again:
+    its counts are decided anew under today's ``register.alpha`` and ``min_gain``."""
     if champion is None:
         return decide(None, cfg.alpha, cfg.min_gain), gate_record(
             None, "test", 0, cfg.alpha, cfg.min_gain
         )
-    x, y = load_split("test")
-    digest = split_md5("test")["test"]
-
-    def labels(version: ModelVersion):  # as evaluate logged them, else from the model
-        logged = tracking.LoggedTest(version.run_id, y, digest)
-        return tracking.predicted_labels(f"models:/{name}/{version.version}", x, logged)
-
-    try:
-        champion_pred = labels(champion)
-    except TrackingError as e:
-        log.warning("champion %s version %s cannot be scored: %s", name, champion.version, e)
-        reason = f"champion v{champion.version} cannot be loaded: promoted without a test"
-        return Decision("first", reason), gate_record(
-            None, "test", len(y), cfg.alpha, cfg.min_gain, against=str(champion.version)
-        )
-    result = paired(y, champion_pred, labels(candidate))
     against = str(champion.version)
-    record = gate_record(result, "test", len(y), cfg.alpha, cfg.min_gain, against=against)
+    digest = split_md5("test")["test"]
+    stored = candidate.tags.get(f"{GATE_TAG_PREFIX}record")
+    result = reusable(json.loads(stored), against, digest) if stored else None
+    if result is not None:
+        log.info("v%s vs v%s: the counts of their gate on these test images, decided anew",
+                 candidate.version, against)  # fmt: skip
+    else:
+        x, y = load_split("test")
+
+        def labels(version: ModelVersion):  # as evaluate logged them, else from the model
+            logged = tracking.LoggedTest(version.run_id, y, digest)
+            return tracking.predicted_labels(f"models:/{name}/{version.version}", x, logged)
+
+        try:
+            champion_pred = labels(champion)
+        except TrackingError as e:
+            log.warning("champion %s version %s cannot be scored: %s", name, against, e)
+            reason = f"champion v{against} cannot be loaded: promoted without a test"
+            return Decision("first", reason), gate_record(
+                None, "test", len(y), cfg.alpha, cfg.min_gain, against=against
+            )
+        result = paired(y, champion_pred, labels(candidate))
+    record = gate_record(
+        result, "test", result.n, cfg.alpha, cfg.min_gain, against=against, md5=digest
+    )
     return decide(result, cfg.alpha, cfg.min_gain), record
 
 
 def promote_or_keep(
     name: str, candidate: ModelVersion, champion: ModelVersion | None, cfg: RegisterParams
 ) -> tuple[ModelVersion, dict, str]:
-    """Gate the candidate (unless it was already gated against this champion) and move
-    the aliases: the champion afterwards, the gate record, the one-line reason."""
-    previous = candidate.tags.get(f"{GATE_TAG_PREFIX}record")
-    record = None
-    if previous and champion is not None:
-        stored = json.loads(previous)
-        if stored.get("against") == str(champion.version) and stored.get("alpha") == cfg.alpha:
-            record = stored
-            decision = Decision(stored["decision"], stored["reason"])
-    if record is None:
-        decision, record = gate(name, candidate, champion, cfg)
-        record = {**record, "decision": decision.decision, "reason": decision.reason}
-        tracking.set_version_tags(name, candidate.version, gate_tags(record))
+    """Gate the candidate and move the aliases: the champion afterwards, the gate record,
+    the one-line reason."""
+    decision, record = gate(name, candidate, champion, cfg)
+    record = {**record, "decision": decision.decision, "reason": decision.reason}
+    tags = gate_tags(record)
+    if any(candidate.tags.get(k) != v for k, v in tags.items()):  # new facts or policy
+        tracking.set_version_tags(name, candidate.version, tags)
     if decision.promote:
         tracking.set_alias(name, cfg.alias, candidate.version)
         challenger = tracking.alias_target(name, CHALLENGER)

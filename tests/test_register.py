@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from pipeline.core.data import file_md5
 from pipeline.testing.project import clone_of, run, set_params, stage_env
 from tests.stores import mlflow_client
 
@@ -104,8 +105,18 @@ def test_promotion_needs_evidence_challenger_then_champion(smoke_project, tmp_pa
     assert challenger.tags["gate.decision"] == "kept"
     assert challenger.tags["gate.against"] == str(first.version)
 
-    # The workspace holds the experiment (alpha 1e-300): back to the default, promoted.
-    set_params(project, register__alpha=0.05)
+    # The workspace holds the experiment (alpha 1e-300). Back to the default alpha but
+    # with a gain no model can reach: still kept, and the reason quotes today's min_gain,
+    # from the stored counts (no rescoring).
+    set_params(project, register__alpha=0.05, register__min_gain=99)
+    proc = _register(project)
+    last = proc.stderr.splitlines()[-1]
+    assert f"champion stays v{first.version}" in last and "register.min_gain 99)" in last
+    assert "decided anew" in proc.stderr
+    kept = client.get_model_version(NAME, challenger.version).tags
+    assert json.loads(kept["gate.record"])["min_gain"] == 99
+    # Then min_gain 0: the same counts now promote it, with no new training.
+    set_params(project, register__min_gain=0)
     proc = _register(project)
     champion = client.get_model_version_by_alias(NAME, "champion")
     assert champion.version == challenger.version
@@ -114,7 +125,11 @@ def test_promotion_needs_evidence_challenger_then_champion(smoke_project, tmp_pa
     out = json.loads((project / "data/register/champion.json").read_text())
     gate = out["gate"]
     assert gate["decision"] == "promoted" and gate["p_value"] < 0.05
-    assert gate["images"] == {"split": "test", "count": 10_000}
+    assert gate["images"] == {
+        "split": "test",
+        "count": 10_000,
+        "md5": file_md5(project / "data/prepared/test.npz"),
+    }
     assert gate["discordant"] == _discordant(project, first.version, champion.version)
     low, high = gate["accuracy_diff_ci95_pts"]
     assert low <= gate["accuracy_diff_pts"] <= high and low > 0

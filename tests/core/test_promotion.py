@@ -21,6 +21,7 @@ from pipeline.core.promotion import (
     order,
     paired,
     rank_runs,
+    reusable,
     wilson,
 )
 
@@ -217,3 +218,25 @@ def test_gate_record_and_tags():
     assert tags["gate.images"] == "test (10000)"
     assert json.loads(tags["gate.record"])["discordant"] == [6, 14]
     assert gate_record(None, "test", 0, 0.05, 0.0)["images"]["count"] == 0
+
+
+def test_an_earlier_gate_is_reused_only_for_the_same_champion_and_images():
+    record = gate_record(Paired(10_000, 50, 6694), "test", 10_000, 0.05, 99.0, "1", md5="abc")
+    assert record["images"] == {"split": "test", "count": 10_000, "md5": "abc"}
+    assert reusable(record, "1", "abc") == Paired(10_000, 50, 6694)
+    assert reusable(record, "2", "abc") is None  # another champion
+    assert reusable(record, "1", "def") is None  # other test images
+    assert reusable(gate_record(None, "test", 0, 0.05, 0.0, "1", md5="abc"), "1", "abc") is None
+    legacy = {k: v for k, v in record.items() if k != "images"} | {
+        "images": {"split": "test", "count": 10_000}
+    }
+    assert reusable(legacy, "1", "abc") is None  # recorded before the hash was: gate again
+
+
+def test_reused_counts_are_decided_under_todays_policy():
+    counts = reusable(
+        gate_record(Paired(10_000, 50, 6694), "test", 10_000, 0.05, 99.0, "1", md5="m"), "1", "m"
+    )
+    assert decide(counts, 0.05, 99.0).decision == "kept"
+    assert "register.min_gain 99" in decide(counts, 0.05, 99.0).reason
+    assert decide(counts, 0.05, 0.0).decision == "promoted"
