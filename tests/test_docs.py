@@ -1,0 +1,161 @@
+"""The docs cannot drift from the code: every test they name exists, and every relative
+link and ``#anchor`` in them resolves (GitHub's heading slugs)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+
+
+def doc_files(root: Path = ROOT) -> list[Path]:
+    """README, the figures' homes, data/README.md and every guide under docs/."""
+    named = [root / n for n in ("README.md", "RELIABILITY.md", "BENCHMARKS.md", "data/README.md")]
+    return [p for p in named if p.exists()] + sorted((root / "docs").rglob("*.md"))
+
+
+def prose(text: str) -> str:
+    """The Markdown without its fenced code blocks (links and names there are examples)."""
+    return re.sub(r"^(```|~~~).*?^\1[^\n]*$", "", text, flags=re.MULTILINE | re.DOTALL)
+
+
+# ------------------------------------------------------------------------ named tests
+
+_CODE = re.compile(r"`([^`\n]+)`")
+_FILE = re.compile(r"((?:[\w.-]+/)*test_\w+\.py)(?:::(test_\w+))?")
+_BARE = re.compile(r"(?<![\w./:-])(test_\w+)(?![\w.])")
+
+
+def test_functions(tests: Path = TESTS) -> dict[Path, set[str]]:
+    """Every test module under tests/ and the test functions it defines."""
+    found = {}
+    for path in tests.rglob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        found[path] = {
+            n.name
+            for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name.startswith("test_")
+        }
+    return found
+
+
+def metric_names(root: Path = ROOT) -> set[str]:
+    """Names that look like tests but are metrics (``test_accuracy``): the metrics files'
+    keys."""
+    import json
+
+    names: set[str] = set()
+    for path in (root / "data/eval/metrics.json", root / "data/train/metrics.json"):
+        if path.exists():
+            names |= set(json.loads(path.read_text()))
+    return names | {"test_accuracy_ci95_high", "test_accuracy_ci95_low"}
+
+
+def missing_tests(text: str, tests: dict[Path, set[str]], not_tests: set[str]) -> list[str]:
+    """The test modules and functions named in code spans of ``text`` that do not exist.
+
+    ``core/test_params.py::test_x`` (a path under tests/, possibly shortened to its end),
+    ``test_x.py`` and a bare ``test_x`` (defined in any test module)."""
+    every = set().union(*tests.values()) if tests else set()
+    problems = []
+    for span in _CODE.findall(prose(text)):
+        for file, func in _FILE.findall(span):
+            rel = file.removeprefix("tests/")
+            modules = [p for p in tests if p.as_posix().endswith("/" + rel)]
+            if not modules:
+                problems.append(f"{file}: no such test module")
+            elif func and not any(func in tests[m] for m in modules):
+                problems.append(f"{file}::{func}: no such test")
+        for name in _BARE.findall(_FILE.sub("", span)):
+            if name not in every and name not in not_tests:
+                problems.append(f"{name}: no such test")
+    return problems
+
+
+@pytest.mark.parametrize("doc", doc_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_test_named_in_the_docs_exists(doc):
+    assert missing_tests(doc.read_text(), test_functions(), metric_names()) == []
+
+
+def test_a_renamed_or_missing_test_is_reported():
+    tests = {TESTS / "core/test_params.py": {"test_a"}, TESTS / "test_b.py": {"test_b"}}
+    text = (
+        "`core/test_params.py::test_a` `test_b` `test_params.py::test_gone` `test_old_name`"
+        " `test_nope.py` `test_accuracy`\n```\n`test_in_a_code_block`\n```\n"
+    )
+    assert missing_tests(text, tests, {"test_accuracy"}) == [
+        "test_params.py::test_gone: no such test",
+        "test_old_name: no such test",
+        "test_nope.py: no such test module",
+    ]
+
+
+# ------------------------------------------------------------------ links and anchors
+
+_LINK = re.compile(r"(?<!!)\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|!\[[^\]\n]*\]\(([^)\s]+)\)")
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: markup dropped, lower case, punctuation removed
+    (letters, digits, ``-`` and ``_`` stay), spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link: its text
+    text = text.replace("`", "").replace("*", "").strip().lower()
+    kept = "".join(
+        c for c in text if c in " -_" or unicodedata.category(c)[0] in ("L", "N")
+    )
+    return kept.replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """Every heading's anchor, with GitHub's -1, -2 suffixes for repeated ones, and the
+    explicit ``<a id="…">`` / ``<a name="…">`` targets."""
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in _HEADING.findall(prose(text)):
+        base = slug(heading)
+        n = seen.get(base, 0)
+        out.add(base if n == 0 else f"{base}-{n}")
+        seen[base] = n + 1
+    out |= set(re.findall(r"<a\s+(?:id|name)=\"([^\"]+)\"", text))
+    return out
+
+
+def broken_links(doc: Path, root: Path = ROOT) -> list[str]:
+    """Relative links of ``doc`` whose file or ``#anchor`` does not exist."""
+    problems = []
+    for target in (a or b for a, b in _LINK.findall(prose(doc.read_text()))):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...: not ours
+            continue
+        path_part, _, anchor = target.partition("#")
+        dest = (doc.parent / path_part).resolve() if path_part else doc
+        if not dest.exists():
+            problems.append(f"{target}: no such file")
+            continue
+        if anchor and dest.suffix == ".md" and anchor not in anchors(dest.read_text()):
+            problems.append(f"{target}: no heading with that anchor in {dest.name}")
+    return problems
+
+
+@pytest.mark.parametrize("doc", doc_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_relative_link_and_anchor_resolves(doc):
+    assert broken_links(doc) == []
+
+
+def test_a_broken_link_or_anchor_is_reported(tmp_path):
+    (tmp_path / "guide.md").write_text("# A guide\n\n## The `make test` target: how?\n")
+    doc = tmp_path / "README.md"
+    doc.write_text(
+        "[ok](guide.md) [ok](guide.md#the-make-test-target-how) [ok](#top) "
+        "[gone](missing.md) [bad](guide.md#no-such) [web](https://example.org)\n# Top\n"
+    )
+    assert broken_links(doc, tmp_path) == [
+        "missing.md: no such file",
+        "guide.md#no-such: no heading with that anchor in guide.md",
+    ]
