@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands (`python -m pipeline.x`) must find the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup system-deps repro test test-fast lint format clean server ui
+.PHONY: setup system-deps repro test test-fast lint format clean server ui serve
 
 setup: $(STAMP)
 
@@ -57,6 +57,11 @@ server: setup
 # the URLs of the runs view, the comparison of the last runs and the model; Ctrl-C stops it.
 ui: setup
 	$(BIN)/python -m pipeline.ui $(UI_ARGS)
+
+# The scoring service of @champion (README "Serve"): follows the alias, batches, logs every
+# prediction (predictions.db, or PREDICTION_LOG_URL) and exposes /metrics; Ctrl-C stops it.
+serve: setup
+	$(BIN)/python -m pipeline.serve $(SERVE_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -24,6 +24,7 @@ Pure functions of Pillow and NumPy; no model, no MLflow.
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from collections.abc import Iterable
@@ -63,20 +64,31 @@ def load_image(path: Path) -> np.ndarray:
         with path.open("rb") as f:
             if path.stat().st_size == 0:
                 raise DataError(f"{path}: empty file")
-            im = _open(f, path)
-            with im:
-                try:
-                    im.load()
-                    im = ImageOps.exif_transpose(im)
-                    return _to_gray(im)
-                except (OSError, SyntaxError, ValueError, EOFError) as e:
-                    raise DataError(f"{path}: cannot decode image ({first_line(e, 200)})") from None
+            return _decode(f, path)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, not an image") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def image_from_bytes(data: bytes, name: str) -> np.ndarray:
+    """:func:`load_image` for an uploaded file's bytes (``name`` only names it in errors)."""
+    if not data:
+        raise DataError(f"{name}: empty file")
+    return _decode(io.BytesIO(data), Path(name))
+
+
+def _decode(f, path: Path) -> np.ndarray:
+    im = _open(f, path)
+    with im:
+        try:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_gray(im)
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise DataError(f"{path}: cannot decode image ({first_line(e, 200)})") from None
 
 
 def _open(f, path: Path) -> Image.Image:

@@ -52,6 +52,7 @@ TUNE_BEST_FILE = DATA / "tune" / "best.yaml"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 OPTUNA_DB = "optuna.db"
+PREDICTIONS_DB = "predictions.db"  # python -m pipeline.serve's prediction log (SQLite default)
 
 _EXPS_TMP = (".dvc", "tmp", "exps")  # where `dvc exp run --temp` and queues copy the repo
 

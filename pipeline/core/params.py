@@ -107,6 +107,22 @@ class RegisterParams:
 
 
 @dataclass(frozen=True)
+class ServeParams:
+    """``python -m pipeline.serve``: the scoring service of ``register.model_name@alias``."""
+
+    host: str
+    port: int = _field(0, 65_535)
+    workers: int = _field(1, 64)
+    poll_s: float = _field(0, lo_open=True)
+    max_batch: int = _field(1, 65_536)
+    max_wait_ms: float = _field(0, 1_000)
+    max_body_mb: float = _field(0, 1_024, lo_open=True)
+    log_url: str | None = _field()
+    log_pixels: bool = _field()
+    log_flush_ms: float = _field(1, 60_000)
+
+
+@dataclass(frozen=True)
 class Dimension:
     """One searched param: a ``low``..``high`` range (``log``: sampled on a log scale) or
     a list of ``choices``, each a valid value of the param ``key`` (``train.batch_size``)."""
@@ -149,6 +165,7 @@ class Params:
     tracking: TrackingParams
     register: RegisterParams
     tune: TuneParams
+    serve: ServeParams
 
     def flat(self) -> dict[str, Any]:
         """All params as flat keys, ``{"train.learning_rate": 0.01, ...}`` (MLflow's params,

@@ -213,3 +213,14 @@ def reference_params(changes: dict[str, object] | None = None) -> Params:
     changes (``{"train.epochs": 1}``), each checked as params.yaml's would be."""
     params = load_params(ROOT / "params.yaml")
     return params.with_values(changes) if changes else params
+
+
+def scoring_service(project: Path, env: dict[str, str] | None = None, *args: str) -> Server:
+    """``python -m pipeline.serve`` on a free port of 127.0.0.1 in ``project`` (``.url``,
+    ``.port``); ready when ``/v2/health/ready`` answers 200."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "pipeline.serve", "--port", str(port), *args]
+    url = f"http://127.0.0.1:{port}"
+    server = Server(cmd, project, env or stage_env(), f"{url}/v2/health/ready")
+    server.url, server.port = url, port
+    return server

@@ -14,6 +14,7 @@ from pipeline.core.tracking.accounts import add_user
 from pipeline.core.tracking.models import (
     PREDICTIONS_ARTIFACT,
     LoggedTest,
+    download_model,
     load_pyfunc,
     log_model,
     logged_labels,
@@ -72,6 +73,7 @@ __all__ = [
     "connect",
     "create_run",
     "delete_alias",
+    "download_model",
     "dataset_sizes",
     "end_run",
     "epoch_logger",

@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import TrackingError
-from pipeline.core.tracking.runs import MODEL_URI_TAG, get_run, read_text_artifact
+from pipeline.core.tags import MODEL_URI_TAG
+from pipeline.core.tracking.runs import get_run, read_text_artifact
 from pipeline.core.tracking.store import error_line
 
 if TYPE_CHECKING:  # imported lazily at run time: MLflow and Keras take seconds to import
@@ -96,6 +98,17 @@ def load_pyfunc(model_uri: str) -> PyFuncModel:
 
     try:
         return mlflow.pyfunc.load_model(model_uri)
+    except (mlflow.exceptions.MlflowException, OSError) as e:
+        raise TrackingError(f"cannot load {model_uri}: {error_line(e)}") from None
+
+
+def download_model(model_uri: str, dst: Path) -> Path:
+    """A registered or logged model's files (its MLmodel folder) copied into ``dst``."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a log, not a tty
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
     except (mlflow.exceptions.MlflowException, OSError) as e:
         raise TrackingError(f"cannot load {model_uri}: {error_line(e)}") from None
 

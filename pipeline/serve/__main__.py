@@ -1,0 +1,107 @@
+"""``python -m pipeline.serve [--host H] [--port N] [--workers N]`` (``make serve``).
+
+Serves ``models:/<register.model_name>@<register.alias>`` from the configured MLflow store
+(local SQLite, or the team server with the usual ``MLFLOW_TRACKING_*`` variables) with
+uvicorn, following the alias; settings in params.yaml's ``serve:`` section. No champion,
+an unreadable params.yaml or an unreachable prediction log: one line, exit 1. SIGTERM or
+Ctrl-C: the requests in flight are answered, the log is flushed, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+from pipeline.core import tracking
+from pipeline.core.cli import run
+from pipeline.core.errors import PipelineError, redact
+from pipeline.core.params import ServeParams, load_params
+
+log = logging.getLogger("pipeline.serve")
+SETTINGS_ENV = "PIPELINE_SERVE_SETTINGS"  # what each worker process builds its service from
+
+
+def build_service(settings: dict):
+    """The :class:`~pipeline.serve.app.Service` of one process: the champion loaded, the
+    log opened, a batcher."""
+    from pipeline.serve.app import Service
+    from pipeline.serve.batcher import Batcher
+    from pipeline.serve.champion import Champion
+    from pipeline.serve.log import PredictionLog, open_engine
+
+    tracking.use_store()
+    cfg = settings["serve"]
+    champion = Champion(settings["name"], settings["alias"], cfg["poll_s"], Path(settings["tmp"]))
+    champion.start()
+    engine = open_engine(settings["log_url"])
+    return Service(
+        champion=champion,
+        log=PredictionLog(engine, cfg["log_flush_ms"] / 1000),
+        batcher=Batcher(cfg["max_batch"], cfg["max_wait_ms"]),
+        max_body=int(cfg["max_body_mb"] * 2**20),
+        log_pixels=cfg["log_pixels"],
+    )
+
+
+def worker_app():
+    """The app of one of ``--workers N`` processes (uvicorn's factory)."""
+    from pipeline.core.cli import setup_logging
+    from pipeline.serve.app import BodyLimit, create_app
+
+    setup_logging()
+    settings = json.loads(os.environ[SETTINGS_ENV])
+    max_body = int(settings["serve"]["max_body_mb"] * 2**20)
+    return BodyLimit(create_app(lambda: build_service(settings)), max_body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    params = load_params()
+    parser = argparse.ArgumentParser(prog="python -m pipeline.serve", description=__doc__)
+    parser.add_argument("--host", default=params.serve.host)
+    parser.add_argument("--port", type=int, default=params.serve.port)
+    parser.add_argument("--workers", type=int, default=params.serve.workers)
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        raise PipelineError(f"--workers must be >= 1, got {args.workers}")
+    cfg: ServeParams = params.serve
+    name, alias = params.register.model_name, params.register.alias
+
+    from pipeline.serve.log import log_url, open_engine
+
+    tracking.use_store()
+    url = log_url(cfg.log_url)
+    open_engine(url).dispose()  # the log is reachable and has its tables, before serving
+    if tracking.alias_target(name, alias) is None:
+        raise PipelineError(f"no {name}@{alias} in the registry: nothing to serve (make repro)")
+    tmp = tempfile.mkdtemp(prefix="pipeline-serve-")
+    settings = {"serve": cfg.__dict__, "name": name, "alias": alias, "log_url": url, "tmp": tmp}
+    os.environ[SETTINGS_ENV] = json.dumps(settings)
+    if args.workers > 1:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp, prefix="metrics-")
+    log.info("serving models:/%s@%s at http://%s:%d (%d worker%s; prediction log %s)",
+             name, alias, args.host, args.port, args.workers, "s" * (args.workers > 1),
+             redact(url))  # fmt: skip
+    # uvicorn answers SIGTERM/SIGINT by draining, then raises the signal again once its own
+    # handlers are gone: ignored here, so a graceful stop exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    import uvicorn
+
+    try:
+        uvicorn.run(
+            "pipeline.serve.__main__:worker_app", factory=True, host=args.host,
+            port=args.port, workers=args.workers, log_config=None, access_log=False,
+            timeout_graceful_shutdown=30, lifespan="on",
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,302 @@
+"""The FastAPI app: the three ways in, health, metrics, feedback and the MLflow webhook.
+
+Every prediction answer carries ``X-Model-Version`` and ``X-Request-Id`` (the id to send
+back to ``POST /feedback``); every image answered is a row of the prediction log.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.core import imaging
+from pipeline.core.errors import DataError
+from pipeline.serve import metrics, protocol
+from pipeline.serve.batcher import Batcher
+from pipeline.serve.champion import Champion
+from pipeline.serve.log import PredictionLog, store_feedback
+from pipeline.serve.protocol import BadRequest
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_SECRET_ENV = "SERVE_WEBHOOK_SECRET"
+WEBHOOK_MAX_AGE_S = 300  # a signed delivery older than this is refused (replays)
+
+
+@dataclass
+class Service:
+    """What the app serves with; built by ``pipeline.serve`` (see __main__)."""
+
+    champion: Champion
+    log: PredictionLog
+    batcher: Batcher
+    max_body: int  # bytes
+    log_pixels: bool
+
+
+def _answer(endpoint: str, status: int, body: bytes, start: float, headers=None) -> Response:
+    metrics.REQUESTS.labels(endpoint=endpoint, status=str(status)).inc()
+    metrics.LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+    return Response(body, status, headers=headers, media_type="application/json")
+
+
+def _error(endpoint: str, e: BadRequest, start: float, v2: bool = False) -> Response:
+    body = {"error": str(e)} if v2 else {"error_code": "BAD_REQUEST", "message": str(e)}
+    return _answer(endpoint, e.status, orjson.dumps(body), start)
+
+
+class BodyLimit:
+    """Refuse bodies over ``max_body`` bytes (HTTP 413), by Content-Length or as they
+    arrive, before any of it is parsed. The rest of the body is read and dropped (up to
+    4x the limit) so that the client, still sending, reads the answer."""
+
+    def __init__(self, app: Any, max_body: int) -> None:
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await self._refuse(receive, send, 0)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body and message.get("more_body"):
+                raise _TooLarge
+            if seen > self.max_body:
+                raise _TooLarge(True)
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge as e:
+            await self._refuse(receive, send, seen, done=bool(e.args and e.args[0]))
+
+    async def _refuse(self, receive, send, seen: int, done: bool = False) -> None:
+        while not done and seen <= 4 * self.max_body:
+            message = await receive()
+            seen += len(message.get("body", b""))
+            done = not message.get("more_body") or message["type"] == "http.disconnect"
+        mb = self.max_body / 2**20
+        body = orjson.dumps(
+            {"error_code": "REQUEST_TOO_LARGE", "message": f"request body over {mb:g} MB"}
+        )
+        metrics.REQUESTS.labels(endpoint="any", status="413").inc()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(make_service) -> FastAPI:
+    """The app; ``make_service()`` builds the :class:`Service` at startup (in each worker)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc: Service = await run_in_threadpool(make_service)
+        svc.batcher.start()
+        app.state.svc = svc
+        loaded = svc.champion.current
+        log.info("ready: %s v%s (%s)", loaded.name, loaded.version, loaded.engine)
+        try:
+            yield
+        finally:  # uvicorn has drained the requests in flight
+            svc.champion.stop()
+            await svc.batcher.stop()
+            await run_in_threadpool(svc.log.close)
+            log.info("stopped: %d predictions logged", svc.log.written)
+
+    app = FastAPI(title="lenet5-mnist scoring service", lifespan=lifespan, docs_url=None,
+                  redoc_url=None)  # fmt: skip
+
+    async def score(request: Request, endpoint: str, x: np.ndarray, start: float, ts, rid: str):
+        svc: Service = request.app.state.svc
+        model = svc.champion.current  # the version this request is answered by
+        probs = await svc.batcher.predict(x, model)
+        latency_ms = (time.perf_counter() - start) * 1000
+        svc.log.add(protocol.log_rows(x, probs, rid, endpoint, model.version, ts, latency_ms,
+                                      svc.log_pixels))  # fmt: skip
+        metrics.count_digits(probs.argmax(axis=1))
+        return model, probs
+
+    def _begin() -> tuple[float, datetime.datetime, str]:
+        return time.perf_counter(), datetime.datetime.now(datetime.UTC), uuid.uuid4().hex
+
+    def _headers(model, rid: str) -> dict[str, str]:
+        return {"X-Model-Version": model.version, "X-Request-Id": rid}
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Response:
+        start, ts, rid = _begin()
+        try:
+            x = protocol.parse_invocations(await request.body())
+        except BadRequest as e:
+            return _error("invocations", e, start)
+        model, probs = await score(request, "invocations", x, start, ts, rid)
+        return _answer("invocations", 200, protocol.invocations_answer(probs), start,
+                       _headers(model, rid))  # fmt: skip
+
+    @app.post("/v2/models/{name}/infer")
+    async def v2_infer(name: str, request: Request) -> Response:
+        start, ts, rid = _begin()
+        svc: Service = request.app.state.svc
+        try:
+            if name != svc.champion.name:
+                raise BadRequest(f"unknown model {name!r}: this service serves "
+                                 f"{svc.champion.name!r}", 404)  # fmt: skip
+            x, client_id, _ = protocol.parse_v2(await request.body())
+        except BadRequest as e:
+            return _error("v2_infer", e, start, v2=True)
+        model, probs = await score(request, "v2", x, start, ts, rid)
+        body = protocol.v2_answer(probs, model.name, model.version, client_id or rid)
+        return _answer("v2_infer", 200, body, start, _headers(model, rid))
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Response:
+        start, ts, rid = _begin()
+        svc: Service = request.app.state.svc
+        try:
+            form = await request.form(max_part_size=svc.max_body)
+            files = [f for f in form.getlist("files") if hasattr(f, "read")]
+            if not files:
+                raise BadRequest('no image: send files as multipart form field "files"')
+            blobs = [(f.filename or f"file {i}", await f.read()) for i, f in enumerate(files)]
+            x = await run_in_threadpool(_normalise, blobs)
+        except BadRequest as e:
+            return _error("predict", e, start)
+        model, probs = await score(request, "predict", x, start, ts, rid)
+        digits = probs.argmax(axis=1)
+        body = {
+            "request_id": rid,
+            "model_version": model.version,
+            "predictions": [
+                {
+                    "file": name,
+                    "digit": int(d),
+                    "probability": float(probs[i, d]),
+                    "version": model.version,
+                }  # fmt: skip
+                for i, ((name, _), d) in enumerate(zip(blobs, digits, strict=True))
+            ],
+        }
+        return _answer("predict", 200, orjson.dumps(body), start, _headers(model, rid))
+
+    @app.post("/feedback")
+    async def post_feedback(request: Request) -> Response:
+        start = time.perf_counter()
+        try:
+            payload = protocol._json(await request.body())
+            rid, digit, index = _feedback_fields(payload)
+        except BadRequest as e:
+            return _error("feedback", e, start)
+        await run_in_threadpool(store_feedback, request.app.state.svc.log.engine, rid, index,
+                                digit)  # fmt: skip
+        body = orjson.dumps({"request_id": rid, "index": index, "digit": digit})
+        return _answer("feedback", 200, body, start)
+
+    @app.post("/webhooks/mlflow")
+    async def webhook(request: Request) -> Response:
+        start = time.perf_counter()
+        body = await request.body()
+        problem = verify_webhook(request.headers, body, os.environ.get(WEBHOOK_SECRET_ENV, ""))
+        if problem:
+            log.warning("webhook refused: %s", problem)
+            return _answer("webhook", 401, orjson.dumps({"error": problem}), start)
+        request.app.state.svc.champion.wake()
+        return _answer("webhook", 200, b'{"status": "checking the alias"}', start)
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        return Response(b'{"live": true}', media_type="application/json")
+
+    @app.get("/v2/health/ready")
+    @app.get("/ping")
+    @app.get("/health")
+    async def ready(request: Request) -> Response:
+        svc = getattr(request.app.state, "svc", None)
+        ok = svc is not None and svc.champion.current is not None
+        return Response(orjson.dumps({"ready": ok}), 200 if ok else 503,
+                        media_type="application/json")  # fmt: skip
+
+    @app.get("/v2/models/{name}")
+    async def model_metadata(name: str, request: Request) -> Response:
+        loaded = request.app.state.svc.champion.current
+        if name != loaded.name:
+            body = orjson.dumps({"error": f"unknown model {name!r}: this service serves "
+                                          f"{loaded.name!r}"})  # fmt: skip
+            return Response(body, 404, media_type="application/json")
+        meta = protocol.v2_metadata(loaded.name, loaded.version, loaded.engine)
+        return Response(orjson.dumps(meta), media_type="application/json",
+                        headers={"X-Model-Version": loaded.version})  # fmt: skip
+
+    @app.get("/metrics")
+    async def get_metrics() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def _normalise(blobs: list[tuple[str, bytes]]) -> np.ndarray:
+    """Uploaded images as ``pipeline.predict`` normalises files: (N, 28, 28) float32."""
+    try:
+        out = [imaging.to_mnist(imaging.image_from_bytes(data, name)) for name, data in blobs]
+    except DataError as e:
+        raise BadRequest(str(e)) from None
+    return np.stack(out).astype(np.float32)
+
+
+def _feedback_fields(payload: Any) -> tuple[str, int, int]:
+    if not isinstance(payload, dict) or "request_id" not in payload or "digit" not in payload:
+        raise BadRequest('expected {"request_id": "...", "digit": 0-9} (and "index" if the '
+                         "request had several images)")  # fmt: skip
+    rid, digit, index = payload["request_id"], payload["digit"], payload.get("index", 0)
+    if not isinstance(rid, str) or not 1 <= len(rid) <= 36:
+        raise BadRequest("request_id must be the X-Request-Id of a prediction")
+    if type(digit) is not int or not 0 <= digit <= 9:
+        raise BadRequest(f"digit must be a whole number 0-9, got {digit!r}")
+    if type(index) is not int or index < 0:
+        raise BadRequest(f"index must be a whole number >= 0, got {index!r}")
+    return rid, digit, index
+
+
+def verify_webhook(headers, body: bytes, secret: str, now: float | None = None) -> str | None:
+    """Why an MLflow webhook delivery is refused, or None if its signature holds.
+
+    MLflow (>= 3.3) signs ``<delivery id>.<timestamp>.<payload>`` with HMAC-SHA256 of the
+    webhook's secret, sent as ``X-MLflow-Signature: v1,<base64>``."""
+    if not secret:
+        return f"no webhook secret configured ({WEBHOOK_SECRET_ENV})"
+    signature = headers.get("x-mlflow-signature", "")
+    delivery, stamp = headers.get("x-mlflow-delivery-id", ""), headers.get("x-mlflow-timestamp", "")
+    if not (signature.startswith("v1,") and delivery and stamp.isdigit()):
+        return "missing or malformed X-MLflow-Signature / Delivery-Id / Timestamp headers"
+    if abs((now or time.time()) - int(stamp)) > WEBHOOK_MAX_AGE_S:
+        return "timestamp too old or in the future"
+    signed = f"{delivery}.{stamp}.".encode() + body
+    expected = base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest())
+    if not hmac.compare_digest(expected.decode(), signature[3:]):
+        return "bad signature"
+    return None

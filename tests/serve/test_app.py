@@ -1,0 +1,207 @@
+"""pipeline.serve as a real process on a smoke project: the three ways in answer what
+MLflow's pyfunc answers, bad input is a 4xx and the service stays up, metrics, feedback,
+the webhook's signature."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.core import imaging
+from pipeline.serve.app import verify_webhook
+from pipeline.testing.project import clone_of, scoring_service, stage_env
+
+pytestmark = pytest.mark.slow
+
+NAME = "lenet5-mnist"
+SECRET = "test-webhook-secret"
+
+
+@pytest.fixture(scope="module")
+def served(smoke_project, tmp_path_factory):
+    project = clone_of(smoke_project, tmp_path_factory.mktemp("served"))
+    server = scoring_service(project, stage_env(SERVE_WEBHOOK_SECRET=SECRET))
+    with server as proc:
+        yield project, server.url, proc
+
+
+def post(url: str, body: bytes, content_type: str = "application/json", headers=None):
+    """(status, headers, parsed JSON body) of a POST; 4xx/5xx answers included."""
+    req = urllib.request.Request(url, body, {"Content-Type": content_type, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def multipart(files: list[tuple[str, bytes]], field: str = "files") -> tuple[bytes, str]:
+    boundary = "----pipeline-test-boundary"
+    out = io.BytesIO()
+    for name, data in files:
+        out.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+                  f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n".encode())  # fmt: skip
+        out.write(data + b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def pyfunc_probs(project, version: str, x: np.ndarray) -> np.ndarray:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    try:
+        return np.asarray(mlflow.pyfunc.load_model(f"models:/{NAME}/{version}").predict(x))
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_three_endpoints_answer_as_mlflow_pyfunc_does(served):
+    project, url, _ = served
+    with np.load(project / "data/prepared/test.npz") as z:
+        x = z["x"][:32]
+    status, headers, out = post(f"{url}/invocations", json.dumps({"inputs": x.tolist()}).encode())
+    assert status == 200
+    version = headers["X-Model-Version"]
+    expected = pyfunc_probs(project, version, x)
+    np.testing.assert_allclose(np.asarray(out["predictions"]), expected, atol=1e-5)
+
+    for datatype, data in (("UINT8", x.reshape(-1).tolist()), ("FP32", x.astype(float).tolist())):
+        body = {"id": "r1", "inputs": [{"name": "any", "shape": [32, 28, 28],
+                                        "datatype": datatype, "data": data}]}  # fmt: skip
+        status, headers, v2 = post(f"{url}/v2/models/{NAME}/infer", json.dumps(body).encode())
+        assert status == 200 and v2["model_version"] == version and v2["id"] == "r1"
+        [output] = v2["outputs"]
+        assert output["shape"] == [32, 10] and output["datatype"] == "FP32"
+        probs = np.asarray(output["data"]).reshape(32, 10)
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+    files = [(f"d{i}.png", png(x[i])) for i in range(4)]
+    body, content_type = multipart(files)
+    status, headers, out = post(f"{url}/predict", body, content_type)
+    assert status == 200 and headers["X-Model-Version"] == version
+    normalised = np.stack([imaging.to_mnist(imaging.image_from_bytes(d, n)) for n, d in files])
+    want = pyfunc_probs(project, version, normalised)
+    got = out["predictions"]
+    assert [p["digit"] for p in got] == want.argmax(axis=1).tolist()
+    assert [p["probability"] for p in got] == pytest.approx(want.max(axis=1).tolist(), abs=1e-5)
+    assert {p["version"] for p in got} == {version} and out["request_id"] == headers["X-Request-Id"]
+
+
+BAD = [
+    ("invocations", b'{"inputs": [[1, 2, 3]]}', 400, "shape"),
+    ("invocations", b'{"inputs": "seven"}', 400, "numbers"),
+    ("invocations", b'{"inputs": [[["a"] * 28] * 28]}'.replace(b"*", b""), 400, ""),
+    ("invocations", json.dumps({"inputs": [[[float("nan")] * 28] * 28]}).encode(), 400, ""),
+    ("invocations", json.dumps({"inputs": [[[300] * 28] * 28]}).encode(), 400, "0-255"),
+    ("invocations", json.dumps({"inputs": [[[-1] * 28] * 28]}).encode(), 400, "0-255"),
+    ("invocations", b'{"inputs": []}', 400, "empty"),
+    ("invocations", b"{not json", 400, "JSON"),
+    ("invocations", b'{"dataframe_split": {}}', 400, "inputs"),
+    ("v2/models/not-this-model/infer", b"{}", 404, "unknown model"),
+    (
+        "v2/models/lenet5-mnist/infer",
+        b'{"inputs": [{"shape": [1, 28, 28], "datatype": "BYTES", "data": []}]}',
+        400,
+        "datatype",
+    ),  # fmt: skip
+    (
+        "v2/models/lenet5-mnist/infer",
+        b'{"inputs": [{"shape": [2, 28, 28], "datatype": "FP32", "data": [1, 2]}]}',
+        400,
+        "values",
+    ),  # fmt: skip
+    ("feedback", b'{"request_id": "x", "digit": 12}', 400, "digit"),
+]
+
+
+@pytest.mark.parametrize("endpoint,body,status,words", BAD, ids=lambda v: str(v)[:20])
+def test_bad_input_is_a_4xx_json_line_and_the_service_stays_up(served, endpoint, body, status,
+                                                               words):  # fmt: skip
+    _, url, proc = served
+    got, _, out = post(f"{url}/{endpoint}", body)
+    assert got == status
+    message = out.get("message") or out.get("error")
+    assert message and "\n" not in message and words.lower() in message.lower()
+    assert proc.poll() is None
+    ok, _, _ = post(f"{url}/invocations", json.dumps({"inputs": [[[0] * 28] * 28]}).encode())
+    assert ok == 200
+
+
+def test_not_an_image_and_a_body_over_the_limit_are_refused(served):
+    _, url, proc = served
+    body, content_type = multipart([("notes.png", b"this is not a picture")])
+    status, _, out = post(f"{url}/predict", body, content_type)
+    assert status == 400 and "not an image" in out["message"]
+    huge = b'{"inputs": [' + b"0," * (9 * 2**20) + b"0]}"  # 18 MB > serve.max_body_mb 16
+    status, _, out = post(f"{url}/invocations", huge)
+    assert status == 413 and "16 MB" in out["message"]
+    assert proc.poll() is None
+
+
+def test_feedback_is_stored_and_metrics_are_exposed(served):
+    project, url, _ = served
+    status, headers, _ = post(
+        f"{url}/invocations", json.dumps({"inputs": [[[0] * 28] * 28]}).encode()
+    )
+    rid = headers["X-Request-Id"]
+    status, _, out = post(f"{url}/feedback", json.dumps({"request_id": rid, "digit": 3}).encode())
+    assert status == 200 and out == {"request_id": rid, "index": 0, "digit": 3}
+    with sqlite3.connect(project / "predictions.db") as db:
+        assert db.execute("SELECT digit FROM feedback WHERE request_id = ?", (rid,)).fetchall() == [
+            (3,)
+        ]
+    with urllib.request.urlopen(f"{url}/metrics") as resp:
+        text = resp.read().decode()
+    for line in (
+        'serve_requests_total{endpoint="invocations",status="200"}',
+        'serve_request_duration_seconds_bucket{endpoint="invocations",le="0.001"}',
+        "serve_batch_size_images_bucket",
+        "serve_predictions_total{digit=",
+        "serve_model_version 1.0",
+    ):
+        assert line in text, line
+
+
+def test_the_webhook_needs_mlflows_signature(served):
+    from mlflow.webhooks.delivery import _generate_hmac_signature  # MLflow's own signer
+
+    _, url, _ = served
+    payload = json.dumps({"entity": "model_version_alias", "action": "created",
+                          "data": {"name": NAME, "alias": "champion", "version": "1"}})  # fmt: skip
+    stamp = str(int(time.time()))
+    good = {
+        "X-MLflow-Delivery-Id": "d-1",
+        "X-MLflow-Timestamp": stamp,
+        "X-MLflow-Signature": _generate_hmac_signature(SECRET, "d-1", stamp, payload),
+    }
+    assert post(f"{url}/webhooks/mlflow", payload.encode(), headers=good)[0] == 200
+    forged = {
+        **good,
+        "X-MLflow-Signature": _generate_hmac_signature("wrong", "d-1", stamp, payload),
+    }
+    assert post(f"{url}/webhooks/mlflow", payload.encode(), headers=forged)[0] == 401
+    assert post(f"{url}/webhooks/mlflow", payload.encode())[0] == 401
+
+
+def test_verify_webhook_rules():
+    headers = {"x-mlflow-signature": "v1,AAAA", "x-mlflow-delivery-id": "d",
+               "x-mlflow-timestamp": "100"}  # fmt: skip
+    assert "secret" in verify_webhook(headers, b"{}", "")
+    assert "old" in verify_webhook(headers, b"{}", "s", now=100 + 301)
+    assert verify_webhook(headers, b"{}", "s", now=100) == "bad signature"
+    assert "malformed" in verify_webhook({}, b"{}", "s")

@@ -1,0 +1,79 @@
+"""Dynamic batching: concurrent requests share one forward pass, none is split, and
+requests that arrived on different versions are never batched together."""
+
+import asyncio
+
+import numpy as np
+
+from pipeline.serve.batcher import Batcher
+from pipeline.serve.champion import Loaded
+
+
+def fake(version: str, calls: list) -> Loaded:
+    def predict(x: np.ndarray) -> np.ndarray:
+        calls.append((version, len(x)))
+        out = np.zeros((len(x), 10), np.float32)
+        out[:, int(version)] = x[:, 0, 0]  # each row says which image and which version
+        return out
+
+    return Loaded("m", version, "run", "numpy", predict)
+
+
+def images(n: int, start: int) -> np.ndarray:
+    x = np.zeros((n, 28, 28), np.float32)
+    x[:, 0, 0] = np.arange(start, start + n)
+    return x
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_rows():
+    calls: list = []
+    v1 = fake("1", calls)
+
+    async def main():
+        batcher = Batcher(max_batch=64, max_wait_ms=20)
+        batcher.start()
+        outs = await asyncio.gather(*(batcher.predict(images(3, 10 * i), v1) for i in range(10)))
+        await batcher.stop()
+        return outs
+
+    outs = asyncio.run(main())
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out[:, 1], np.arange(10 * i, 10 * i + 3))
+    assert sum(n for _, n in calls) == 30 and len(calls) < 10  # batched
+
+
+def test_max_batch_bounds_a_batch_and_versions_are_not_mixed():
+    calls: list = []
+    v1, v2 = fake("1", calls), fake("2", calls)
+
+    async def main():
+        batcher = Batcher(max_batch=8, max_wait_ms=50)
+        batcher.start()
+        jobs = [batcher.predict(images(4, 4 * i), v1 if i < 3 else v2) for i in range(6)]
+        outs = await asyncio.gather(*jobs)
+        await batcher.stop()
+        return outs
+
+    outs = asyncio.run(main())
+    assert all(n <= 8 for _, n in calls)
+    for i, out in enumerate(outs):  # each request answered whole, by its own version
+        column = 1 if i < 3 else 2
+        np.testing.assert_array_equal(out[:, column], np.arange(4 * i, 4 * i + 4))
+        assert not out[:, 3 - column].any()
+
+
+def test_a_request_alone_waits_at_most_max_wait():
+    calls: list = []
+    v1 = fake("1", calls)
+
+    async def main():
+        batcher = Batcher(max_batch=64, max_wait_ms=5)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await batcher.predict(images(1, 0), v1)
+        waited = loop.time() - t0
+        await batcher.stop()
+        return waited
+
+    assert asyncio.run(main()) < 0.5

@@ -1,0 +1,128 @@
+"""The service follows @champion under load: register moves the alias to a better run and
+the answers change version within poll_s plus the load time, with no failed request and
+no request answered by a version older than one already seen; a version that cannot be
+loaded, or an alias that is gone, leaves the current one serving."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from pipeline.testing.load import drive
+from pipeline.testing.project import clone_of, run, scoring_service, set_params, stage_env
+from tests.stores import mlflow_client
+
+pytestmark = pytest.mark.slow
+
+NAME = "lenet5-mnist"
+POLL_S = 0.5
+
+
+def one_image(project) -> bytes:
+    with np.load(project / "data/prepared/test.npz") as z:
+        return json.dumps({"inputs": z["x"][:1].tolist()}).encode()
+
+
+def rows_by_version(project) -> dict[str, int]:
+    with sqlite3.connect(project / "predictions.db") as db:
+        found = db.execute("SELECT model_version, count(*) FROM predictions GROUP BY 1")
+        return dict(found.fetchall())
+
+
+def test_register_moves_the_alias_under_load_and_no_request_fails(smoke_project, tmp_path):
+    project = clone_of(smoke_project, tmp_path)
+    set_params(project, serve__poll_s=POLL_S)
+    client = mlflow_client(project)
+    first = client.get_model_version_by_alias(NAME, "champion").version
+    body = one_image(project)
+    server = scoring_service(project)
+    with server as proc:
+        stop, moved = threading.Event(), {}
+        start = time.perf_counter()
+
+        def watch() -> None:  # when the alias moved, seen from outside
+            while not stop.is_set():
+                now = client.get_model_version_by_alias(NAME, "champion").version
+                if now != first:
+                    moved[now] = time.perf_counter() - start
+                    return
+                time.sleep(0.1)
+
+        result = {}
+        loader = threading.Thread(target=lambda: result.setdefault("load", drive(
+            f"{server.url}/invocations", lambda i: body, concurrency=4, seconds=300,
+            stop=stop, pause_s=0.02)))  # fmt: skip
+        watcher = threading.Thread(target=watch)
+        loader.start()
+        watcher.start()
+        # A clearly better recipe (+6 points on this slice), promoted by the default gate.
+        run(["dvc", "exp", "run", "-n", "better", "-S", "train.learning_rate=0.013"], project)
+        watcher.join(timeout=30)
+        time.sleep(POLL_S + 3)  # the poll, the load, then a while on the new version
+        stop.set()
+        loader.join(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0  # drained, log flushed, exit 0
+    load = result["load"]
+    [(second, moved_at)] = moved.items()
+    assert load.errors == 0 and len(load.answers) > 100
+    versions = [a.version for a in load.answers]
+    assert set(versions) == {str(first), str(second)}
+    new = [a for a in load.answers if a.version == str(second)]
+    old = [a for a in load.answers if a.version == str(first)]
+    switch = min(a.sent_at for a in new)
+    # requests sent after the first answer from the new version are all answered by it
+    assert max(a.sent_at for a in old) < min(a.sent_at + a.latency_s for a in new)
+    assert switch - moved_at < POLL_S + 5  # the poll, then downloading and warming it
+    assert rows_by_version(project) == {str(first): len(old), str(second): len(new)}
+
+
+def test_a_version_that_cannot_be_loaded_or_a_lost_alias_keeps_the_current_one(
+    smoke_project, tmp_path
+):
+    project = clone_of(smoke_project, tmp_path)
+    set_params(project, serve__poll_s=POLL_S)
+    client = mlflow_client(project)
+    good = client.get_model_version_by_alias(NAME, "champion")
+    body = one_image(project)
+    server = scoring_service(project, stage_env())
+    with server as proc:
+        broken = client.create_model_version(NAME, str(tmp_path / "gone"), run_id=good.run_id)
+        client.set_registered_model_alias(NAME, "champion", broken.version)
+        time.sleep(POLL_S * 4)
+        load = drive(f"{server.url}/invocations", lambda i: body, concurrency=2, requests=20)
+        assert load.errors == 0 and {a.version for a in load.answers} == {str(good.version)}
+        client.delete_registered_model_alias(NAME, "champion")
+        time.sleep(POLL_S * 4)
+        load = drive(f"{server.url}/invocations", lambda i: body, concurrency=2, requests=20)
+        assert load.errors == 0 and {a.version for a in load.answers} == {str(good.version)}
+        with urllib.request.urlopen(f"{server.url}/metrics") as resp:
+            text = resp.read().decode()
+        failures = [ln for ln in text.splitlines()
+                    if ln.startswith('serve_model_reloads_total{result="failure"}')]  # fmt: skip
+        assert failures and float(failures[0].split()[-1]) >= 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        server.log.seek(0)
+        logged = server.log.read()
+    assert f"cannot load v{broken.version}" in logged and "still serving" in logged
+    assert logged.count(f"cannot load v{broken.version}") == 1  # said once, not every poll
+    assert "not found in the registry" in logged
+
+
+def test_no_champion_is_one_line_and_exit_1(smoke_project, tmp_path):
+    project = clone_of(smoke_project, tmp_path)
+    mlflow_client(project).delete_registered_model_alias(NAME, "champion")
+    import sys
+
+    proc = run([sys.executable, "-m", "pipeline.serve", "--port", "0"], project, check=False)
+    assert proc.returncode == 1
+    errors = [ln for ln in proc.stderr.splitlines() if " ERROR " in ln]
+    assert len(errors) == 1 and f"no {NAME}@champion" in errors[0]
