@@ -88,11 +88,8 @@ def queue_round(project: Path, env: dict[str, str]) -> tuple[int, int]:
         time.sleep(2)
     run(["dvc", "queue", "stop", "--kill"], project, env, check=False)
     success = status.count("Success")
-    names = [
-        line.split()[0] for line in status.splitlines() if "Success" in line or "Failed" in line
-    ]
-    recorded = set(finished_runs(project, "dvc.exp_name"))
-    return 2 - success, sum(1 for n in names if n not in recorded) + max(0, 2 - len(names))
+    recorded = set(finished_runs(project, "dvc.exp_name"))  # FINISHED runs, one per exp
+    return 2 - success, max(0, success - len(recorded))
 
 
 def tune_round(project: Path, env: dict[str, str]) -> tuple[int, int]:

@@ -107,9 +107,7 @@ def slug(heading: str) -> str:
     (letters, digits, ``-`` and ``_`` stay), spaces to hyphens."""
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link: its text
     text = text.replace("`", "").replace("*", "").strip().lower()
-    kept = "".join(
-        c for c in text if c in " -_" or unicodedata.category(c)[0] in ("L", "N")
-    )
+    kept = "".join(c for c in text if c in " -_" or unicodedata.category(c)[0] in ("L", "N"))
     return kept.replace(" ", "-")
 
 

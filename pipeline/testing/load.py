@@ -97,7 +97,16 @@ def drive(
     if requests is None and seconds is None:
         raise ValueError("bound the load: requests=, seconds= or both")
     return asyncio.run(
-        _drive(url, body, concurrency, requests, seconds,
-               headers or {"Content-Type": "application/json"}, keep_body, stop, pause_s,
-               urls)  # fmt: skip
+        _drive(
+            url,
+            body,
+            concurrency,
+            requests,
+            seconds,
+            headers or {"Content-Type": "application/json"},
+            keep_body,
+            stop,
+            pause_s,
+            urls,
+        )  # fmt: skip
     )
