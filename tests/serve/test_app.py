@@ -72,7 +72,7 @@ def pyfunc_probs(project, version: str, x: np.ndarray) -> np.ndarray:
 
 def test_three_endpoints_answer_as_mlflow_pyfunc_does(served):
     project, url, _ = served
-    with np.load(project / "data/prepared/test.npz") as z:
+    with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
         x = z["x"][:32]
     status, headers, out = post(f"{url}/invocations", json.dumps({"inputs": x.tolist()}).encode())
     assert status == 200

@@ -90,7 +90,7 @@ def test_two_replicas_under_load_share_one_postgresql_log(smoke_project, postgre
     project = clone_of(smoke_project, tmp_path)
     url = postgres.create_database("predictions")
     env = stage_env(PREDICTION_LOG_URL=url)
-    with np.load(project / "data/prepared/test.npz") as z:
+    with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
         x = z["x"][:200]
     bodies = [json.dumps({"inputs": x[i : i + 1 + i % 5].tolist()}).encode() for i in range(100)]
     a, b = scoring_service(project, env), scoring_service(project, env)

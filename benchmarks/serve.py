@@ -1,0 +1,171 @@
+"""pipeline.serve against ``mlflow models serve`` of the same champion (issue 30).
+
+    python -m benchmarks.serve                 # ~4 min on 2 cores
+    python -m benchmarks.serve --seconds 3     # shorter phases
+
+In a temporary copy of the project, a champion is trained on the smoke recipe (2,000
+images, 1 epoch: the same LeNet-5, so the same cost per prediction as the reference
+model). Each server then starts on 127.0.0.1 and the same client (pipeline/testing/
+load.py: asyncio + aiohttp, one process on the same machine) drives it, phase by phase,
+for ``--seconds`` each after a short warm-up: single-image requests at concurrency 1, 8,
+16 and 32, then 128-image requests at concurrency 4. Printed per server and phase:
+requests/s, images/s, p50 and p99 latency, errors; per server, seconds from start to
+ready and the resident memory of its processes after the load.
+
+Each server is run at 1 and 2 workers and both are printed (on 2 cores the client, the
+prediction log's writer and the server share the cores: the best setting differs by
+machine). ``mlflow models serve`` runs with ``--env-manager local`` (this venv) as the
+README shows it; it answers with TensorFlow. The CPU class is printed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from benchmarks.train_speed import machine_class
+from pipeline.testing.load import drive
+from pipeline.testing.project import (
+    SHARED_MNIST,
+    SMOKE,
+    copy_project,
+    free_port,
+    run,
+    set_params,
+    stage_env,
+)
+
+PHASES = (("1 image", 1, 1), ("1 image", 8, 1), ("1 image", 16, 1), ("1 image", 32, 1),
+          ("128 images", 4, 128))  # fmt: skip
+
+
+def champion_project(base: Path, env: dict[str, str]) -> Path:
+    project = copy_project(base / "project")
+    set_params(project, **{**SMOKE, "train__epochs": 1})
+    run(["git", "commit", "-qam", "smoke params"], project)
+    run(["dvc", "repro"], project, env)
+    return project
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def rss_mb(proc: subprocess.Popen) -> float:
+    """Resident memory of the server and its worker processes."""
+    root = psutil.Process(proc.pid)
+    procs = [root, *root.children(recursive=True)]
+    return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+
+
+def server_cmd(kind: str, port: int, workers: int) -> tuple[list[str], str]:
+    if kind == "pipeline.serve":
+        cmd = [sys.executable, "-m", "pipeline.serve", "--port", str(port),
+               "--workers", str(workers)]  # fmt: skip
+        return cmd, f"http://127.0.0.1:{port}/v2/health/ready"
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m",
+           "models:/lenet5-mnist@champion", "--host", "127.0.0.1", "--port", str(port),
+           "--env-manager", "local", "--workers", str(workers)]  # fmt: skip
+    return cmd, f"http://127.0.0.1:{port}/ping"
+
+
+def bench(kind: str, workers: int, project: Path, env: dict, x: np.ndarray, seconds: float):
+    port = free_port()
+    cmd, health = server_cmd(kind, port, workers)
+    if kind != "pipeline.serve":
+        env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    rows = []
+    try:
+        wait_ready(health, proc)
+        ready_s = time.perf_counter() - start
+        url = f"http://127.0.0.1:{port}/invocations"
+        for label, concurrency, size in PHASES:
+            bodies = [json.dumps({"inputs": x[i : i + size].tolist()}).encode()
+                      for i in range(0, 512, max(1, size // 4))][:64]  # fmt: skip
+            drive(url, lambda i, b=bodies: b[i % len(b)], concurrency, seconds=1.0)  # warm-up
+            load = drive(url, lambda i, b=bodies: b[i % len(b)], concurrency, seconds=seconds)
+            rows.append({
+                "server": f"{kind} -w {workers}", "request": label,
+                "concurrency": concurrency, "req_s": load.throughput,
+                "img_s": load.throughput * size, "p50_ms": load.percentile(50),
+                "p99_ms": load.percentile(99), "errors": load.errors,
+            })  # fmt: skip
+            print(_row(rows[-1]), flush=True)
+        memory = rss_mb(proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    print(f"  {kind} -w {workers}: ready in {ready_s:.2f} s, {memory:.0f} MB resident", flush=True)
+    return rows, ready_s, memory
+
+
+def _row(r: dict) -> str:
+    cells = (
+        r["server"], r["request"], r["concurrency"], f"{r['req_s']:.0f}", f"{r['img_s']:.0f}",
+        f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r["errors"],
+    )  # fmt: skip
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    env = stage_env(MNIST_MIRROR=os.environ.get("MNIST_MIRROR", str(SHARED_MNIST)))
+    cls = machine_class()
+    print(f"# serve benchmark: {cls['label']}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        project = champion_project(Path(tmp), env)
+        with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
+            x = z["x"][:1024]
+        print("| server | request | concurrency | req/s | images/s | p50 ms | p99 ms | errors |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        summary = []
+        for workers in args.workers:
+            for kind in ("pipeline.serve", "mlflow models serve"):
+                rows, ready, memory = bench(kind, workers, project, env, x, args.seconds)
+                summary.append((kind, workers, rows, ready, memory))
+    best = {}
+    for kind, _, rows, _, _ in summary:
+        for r in rows:
+            key = (kind, r["request"], r["concurrency"])
+            best[key] = max(best.get(key, 0.0), r["req_s"])
+    print("\nbest of the worker settings, pipeline.serve / mlflow models serve:")
+    for label, concurrency, _ in PHASES:
+        ours = best[("pipeline.serve", label, concurrency)]
+        theirs = best[("mlflow models serve", label, concurrency)]
+        print(f"  {label} at concurrency {concurrency}: {ours:.0f} / {theirs:.0f} req/s = "
+              f"{ours / theirs:.1f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
