@@ -82,8 +82,15 @@ def main(argv: list[str] | None = None) -> None:
     tmp = tempfile.mkdtemp(prefix="pipeline-serve-")
     settings = {"serve": cfg.__dict__, "name": name, "alias": alias, "log_url": url, "tmp": tmp}
     os.environ[SETTINGS_ENV] = json.dumps(settings)
-    if args.workers > 1:
+    built = None
+    if args.workers > 1:  # each worker process builds its own service (worker_app)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp, prefix="metrics-")
+        app: object = "pipeline.serve.__main__:worker_app"
+    else:  # built here, so that a model that cannot be loaded is one line and exit 1
+        from pipeline.serve.app import BodyLimit, create_app
+
+        built = [build_service(settings)]
+        app = BodyLimit(create_app(built.pop), int(cfg.max_body_mb * 2**20))
     log.info("serving models:/%s@%s at http://%s:%d (%d worker%s; prediction log %s)",
              name, alias, args.host, args.port, args.workers, "s" * (args.workers > 1),
              redact(url))  # fmt: skip
@@ -95,11 +102,15 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         uvicorn.run(
-            "pipeline.serve.__main__:worker_app", factory=True, host=args.host,
+            app, factory=args.workers > 1, host=args.host,
             port=args.port, workers=args.workers, log_config=None, access_log=False,
             timeout_graceful_shutdown=30, lifespan="on",
         )  # fmt: skip
     finally:
+        if built:  # uvicorn never started it (a busy port): stop its threads
+            svc = built.pop()
+            svc.champion.stop()
+            svc.log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.core import imaging
-from pipeline.core.errors import DataError
+from pipeline.core.errors import DataError, PipelineError
 from pipeline.serve import metrics, protocol
 from pipeline.serve.batcher import Batcher
 from pipeline.serve.champion import Champion
@@ -115,7 +115,11 @@ def create_app(make_service) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        svc: Service = await run_in_threadpool(make_service)
+        try:
+            svc: Service = await run_in_threadpool(make_service)
+        except PipelineError as e:  # one line, not uvicorn's traceback (another --workers one)
+            log.error("%s", e)
+            os._exit(1)
         svc.batcher.start()
         app.state.svc = svc
         loaded = svc.champion.current
