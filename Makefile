@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands (`python -m pipeline.x`) must find the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup system-deps repro test test-fast lint format clean server ui serve
+.PHONY: setup system-deps repro test test-fast lint format clean server ui serve monitor
 
 setup: $(STAMP)
 
@@ -62,6 +62,11 @@ ui: setup
 # prediction (predictions.db, or PREDICTION_LOG_URL) and exposes /metrics; Ctrl-C stops it.
 serve: setup
 	$(BIN)/python -m pipeline.serve $(SERVE_ARGS)
+
+# Drift and estimated accuracy of the served model, from its prediction log (README
+# "Monitor"): monitor/report.html and report.json, an MLflow run; MONITOR_ARGS=--fail-on-drift
+monitor: setup
+	$(BIN)/python -m pipeline.monitor $(MONITOR_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -5,7 +5,9 @@ accuracy's 95 % Wilson interval test_accuracy_ci95_low/high, and ``robust``: the
 on each seeded perturbation of the test images, pipeline/core/robustness.py), per_class.csv,
 predictions.csv (actual, predicted; DVC's confusion template), confusion.png and
 misclassified.png. Everything is also logged to the training's MLflow run, the robustness
-accuracies as ``robust/<name>_accuracy`` and the per-class scores as ``per_class/...``.
+accuracies as ``robust/<name>_accuracy`` and the per-class scores as ``per_class/...``,
+with monitoring's reference: the model's profile on the validation images
+(``monitoring/reference.npz``, read by ``python -m pipeline.monitor``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pipeline.core import metrics, plots, robustness, tracking
+from pipeline.core import metrics, monitoring, plots, robustness, tracking
 from pipeline.core.cli import run
 from pipeline.core.data import atomic_write, file_md5, load_split, read_run, write_json
 from pipeline.core.inference import NumpyModel, UnsupportedModel
@@ -129,6 +131,25 @@ def load_model(path: Path = MODEL_FILE) -> Predict:
     return lambda x: model.predict(x, batch_size=1024, verbose=0)
 
 
+def log_reference(predict: Predict, path: Path = MODEL_FILE) -> None:
+    """Monitoring's reference for this model (pipeline.monitor): its profile on the
+    labelled validation images (features, predictions, F6 embedding when the NumPy
+    forward pass has one, ATC's threshold), a run artifact ``monitoring/reference.npz``,
+    so that monitoring needs neither TensorFlow nor a rescoring."""
+    import tempfile
+
+    x, y = load_split("val")
+    try:
+        embedding = NumpyModel.load(path).embed(x)
+    except UnsupportedModel:
+        embedding = None
+    ref = monitoring.reference(x, y, predict(x), embedding)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "reference.npz"
+        np.savez_compressed(out, **ref)
+        tracking.log_artifact(out, "monitoring")
+
+
 def main() -> None:
     params = load_params()
     tracking.connect(params.tracking.experiment)
@@ -169,6 +190,7 @@ def main() -> None:
             tracking.log_artifact(path, "evaluation")
         for path in (CONFUSION_FILE, MISCLASSIFIED_FILE):
             tracking.log_artifact(path)
+        log_reference(predict)
     log.info(_summary(record))
 
 

@@ -216,6 +216,17 @@ class NumpyModel:
             h = layer(h)
         return h.astype(np.float32, copy=False)
 
+    def embed(self, x: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
+        """The penultimate layer's output (F6: (N, 84) for LeNet-5), batch by batch: what
+        the output layer sees, the embedding that monitoring compares."""
+        out = []
+        for i in range(0, len(x), batch_size):
+            h = x[i : i + batch_size].astype(np.float32)
+            for layer in self.layers[:-1]:
+                h = layer(h)
+            out.append(h)
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
     def predict(self, x: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
         """Probabilities, batch by batch on every core (NumPy releases the GIL in its
         copies, ufuncs and matrix products).

@@ -123,6 +123,19 @@ class ServeParams:
 
 
 @dataclass(frozen=True)
+class MonitorParams:
+    """``python -m pipeline.monitor``: drift and accuracy of the served model, from its log."""
+
+    last: int = _field(1)
+    window: int | None = _field(10)
+    p_value: float = _field(0, 0.5, lo_open=True)
+    embedding_auc: float = _field(0.5, 1, lo_open=True)
+    drift_share: float = _field(0, 1, lo_open=True)
+    max_drop: float = _field(0, 100)
+    bootstrap: int = _field(10, 100_000)
+
+
+@dataclass(frozen=True)
 class Dimension:
     """One searched param: a ``low``..``high`` range (``log``: sampled on a log scale) or
     a list of ``choices``, each a valid value of the param ``key`` (``train.batch_size``)."""
@@ -166,6 +179,7 @@ class Params:
     register: RegisterParams
     tune: TuneParams
     serve: ServeParams
+    monitor: MonitorParams
 
     def flat(self) -> dict[str, Any]:
         """All params as flat keys, ``{"train.learning_rate": 0.01, ...}`` (MLflow's params,

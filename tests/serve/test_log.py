@@ -6,14 +6,7 @@ import datetime
 import pytest
 import sqlalchemy as sa
 
-from pipeline.serve.log import (
-    LogError,
-    PredictionLog,
-    count_rows,
-    log_url,
-    open_engine,
-    store_feedback,
-)
+from pipeline.serve.log import PredictionLog, count_rows, open_engine, store_feedback
 
 
 def row(i: int) -> dict:
@@ -45,31 +38,11 @@ def test_rows_are_flushed_while_serving(tmp_path):
     plog.close()
 
 
-def test_url_env_wins_and_bad_schemes_are_refused(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert log_url(None, env={}) == f"sqlite:///{tmp_path.resolve() / 'predictions.db'}"
-    assert log_url("sqlite:////x/p.db", env={}) == "sqlite:////x/p.db"
-    assert log_url(None, env={"PREDICTION_LOG_URL": "postgresql://u@h/db"}).startswith(
-        "postgresql+psycopg2://"
-    )
-    with pytest.raises(LogError, match="sqlite:/// or postgresql://"):
-        log_url("mysql://h/db", env={})
-
-
 def test_feedback_rows(tmp_path):
     engine = open_engine(f"sqlite:///{tmp_path / 'p.db'}")
     store_feedback(engine, "abc", 0, 7)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT request_id, digit FROM feedback")).all() == [("abc", 7)]
-
-
-def test_an_unreachable_postgresql_log_is_one_line(tmp_path):
-    from pipeline.testing.project import free_port
-
-    url = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/log"
-    with pytest.raises(LogError) as e:
-        open_engine(url)
-    assert "\n" not in str(e.value) and "127.0.0.1" in str(e.value)
 
 
 @pytest.mark.slow

@@ -203,6 +203,19 @@ def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:
         ) from None
 
 
+def download_artifact(run_id: str, artifact_file: str, dst: Path) -> Path | None:
+    """A run's artifact copied into ``dst``; None if the run has no such artifact."""
+    import mlflow
+
+    try:
+        root = client().get_run(run_id).info.artifact_uri.rstrip("/")
+        return Path(
+            mlflow.artifacts.download_artifacts(f"{root}/{artifact_file}", dst_path=str(dst))
+        )
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
+
+
 def read_text_artifact(run: str | Run, artifact_file: str) -> str | None:
     """A run's text artifact (``evaluation/per_class.csv``), None if it has none. ``run``:
     its id, or the Run when the caller has it already (one request fewer).
