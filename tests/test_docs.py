@@ -157,3 +157,137 @@ def test_a_broken_link_or_anchor_is_reported(tmp_path):
         "missing.md: no such file",
         "guide.md#no-such: no heading with that anchor in guide.md",
     ]
+
+
+# ------------------------------------------------- commands, the diagram, shell blocks
+
+_FENCE = re.compile(r"^```[a-z]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_MAKE = re.compile(r"(?:^|[ \t;&|(])make[ \t]+([a-z][\w-]*)", re.MULTILINE)
+_PYTHON_M = re.compile(r"python -m (pipeline(?:\.\w+)+)([^#\n]*)")
+
+
+def code_text(text: str) -> str:
+    """Every fenced block's lines, and every inline code span."""
+    return "\n".join(_FENCE.findall(text) + _CODE.findall(prose(text)))
+
+
+def make_targets(makefile: Path = ROOT / "Makefile") -> set[str]:
+    return set(re.findall(r"^([a-z][\w-]*):", makefile.read_text(), flags=re.MULTILINE))
+
+
+def module_flags(module: str, root: Path = ROOT) -> set[str] | None:
+    """The ``--flags`` a ``python -m`` module declares (every ``"--x"`` string in its file or
+    package); None if there is no such runnable module."""
+    path = root.joinpath(*module.split("."))
+    files = [path.with_suffix(".py")] if path.with_suffix(".py").exists() else []
+    if path.is_dir() and (path / "__main__.py").exists():
+        files = list(path.glob("*.py"))
+    if not files:
+        return None
+    flags = set()
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                flags |= set(re.findall(r"^--[a-z][\w-]*$", node.value))
+    return flags
+
+
+def unknown_commands(text: str, targets: set[str], flags_of=module_flags) -> list[str]:
+    """``make`` targets that the Makefile lacks, ``python -m pipeline.…`` modules that do
+    not exist, and flags they do not declare, as the docs show them."""
+    problems = []
+    code = code_text(text)
+    for target in _MAKE.findall(code):
+        if target not in targets:
+            problems.append(f"make {target}: no such target")
+    for module, rest in _PYTHON_M.findall(code):
+        flags = flags_of(module)
+        if flags is None:
+            problems.append(f"python -m {module}: no such module")
+            continue
+        for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest):
+            if flag not in flags and flag != "--help":
+                problems.append(f"python -m {module} {flag}: no such flag")
+    return problems
+
+
+@pytest.mark.parametrize("doc", doc_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_make_target_and_pipeline_command_shown_exists_with_its_flags(doc):
+    assert unknown_commands(doc.read_text(), make_targets()) == []
+
+
+def test_a_dropped_flag_or_target_is_reported():
+    text = "```bash\nmake repro\nmake gone\npython -m pipeline.serve --port 1 --colour\n```\n"
+    text += "`python -m pipeline.nothing`\n"
+    assert unknown_commands(text, {"repro"}) == [
+        "make gone: no such target",
+        "python -m pipeline.serve --colour: no such flag",
+        "python -m pipeline.nothing: no such module",
+    ]
+
+
+def test_the_readme_diagram_is_dvc_dag(tmp_path):
+    import subprocess
+    import sys
+
+    dvc = Path(sys.executable).with_name("dvc")
+    shown = re.search(r"```mermaid\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert shown, "README has no mermaid diagram"
+    dag = subprocess.run([str(dvc), "dag", "--mermaid"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert shown.group(1).split() == dag.split()
+
+
+_BLOCK = re.compile(r"(?:<!--\s*(not run:.*?)-->\s*\n)?```(?:bash|sh|shell)\n(.*?)^```",
+                    re.MULTILINE | re.DOTALL)  # fmt: skip
+
+
+def shell_blocks(text: str) -> list[tuple[str | None, str]]:
+    """(the ``<!-- not run: why -->`` marker before it or None, the block) of every shell
+    block."""
+    return [(m.group(1), m.group(2)) for m in _BLOCK.finditer(text)]
+
+
+def guides() -> list[Path]:
+    return sorted((ROOT / "docs").rglob("*.md"))
+
+
+@pytest.mark.parametrize("doc", guides(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_a_shell_block_not_run_says_why_and_which_test_covers_it(doc):
+    for marker, block in shell_blocks(doc.read_text()):
+        if marker is not None:
+            reason = marker.removeprefix("not run:").strip()
+            assert len(reason) > 10, f"{doc.name}: a marker without its reason: {block[:60]}"
+
+
+@pytest.mark.slow
+def test_every_shell_block_of_the_guides_that_is_not_marked_runs_on_a_smoke_project(
+    smoke_project, tmp_path
+):
+    """The guides' shell blocks without a ``not run`` marker, each run by bash -e in a copy
+    of the smoke project (venv first on PATH), must exit 0."""
+    import subprocess
+
+    from pipeline.testing.project import clone_of, stage_env
+
+    project = clone_of(smoke_project, tmp_path / "project")
+    ran = 0
+    for doc in guides():
+        for marker, block in shell_blocks(doc.read_text()):
+            if marker is not None:
+                continue
+            proc = subprocess.run(["bash", "-e", "-c", block], cwd=project, env=stage_env(),
+                                  capture_output=True, text=True, timeout=300)  # fmt: skip
+            assert proc.returncode == 0, f"{doc.name}:\n{block}\n{proc.stderr[-2000:]}"
+            ran += 1
+    assert ran >= 3
+
+
+def test_the_readme_is_a_landing_page_that_opens_with_the_two_commands():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    first = _FENCE.search(text).group(1)
+    assert first.splitlines()[0].startswith("make repro")
+    assert first.splitlines()[1].startswith("make test")
+    linked = set(re.findall(r"\]\((docs/[\w/-]+\.md)\)", text))
+    assert {p.relative_to(ROOT).as_posix() for p in guides()} <= linked

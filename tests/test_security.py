@@ -58,7 +58,7 @@ def code_lines(doc: Path) -> list[str]:
 def test_documented_servers_bind_to_loopback():
     commands = [
         line
-        for doc in ROOT.glob("*.md")
+        for doc in [*ROOT.glob("*.md"), *ROOT.glob("docs/**/*.md")]
         for line in code_lines(doc)
         if re.search(r"mlflow (server|ui|models serve)|http\.server", line)
     ]

@@ -18,6 +18,7 @@ from tests.stores import mlflow_client
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 # What works as root in a container; no GPU, no network beyond 127.0.0.1.
 CHROMIUM_ARGS = [
@@ -149,6 +150,30 @@ def test_runs_view_shows_training_runs_with_test_accuracy(ui, ui_project, page):
         value = repr(r.data.metrics["test_accuracy"])  # as the UI (JavaScript) prints it
         expect(cells.get_by_text(value, exact=True)).to_be_visible()
     page.screenshot(path="/tmp/ui-runs.png")
+    if os.environ.get("DOCS_SCREENSHOTS"):  # the README's picture of this view, refreshed
+        _docs_picture(Path("/tmp/ui-runs.png"), ROOT / "docs/img/mlflow-runs.png")
+
+
+def _docs_picture(shot: Path, dest: Path, width: int = 960) -> None:
+    """A screenshot, shrunk to ``width`` pixels and to a 64-colour palette: small enough to
+    commit (tens of KB), sharp enough to read."""
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        im = im.convert("RGB")
+        im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        im.quantize(64).save(dest, optimize=True)
+
+
+def test_the_readme_picture_of_the_runs_view_is_small_and_committed():
+    """README shows the runs view that the test above saw (DOCS_SCREENSHOTS=1 refreshes it)."""
+    from PIL import Image
+
+    picture = ROOT / "docs/img/mlflow-runs.png"
+    assert picture.stat().st_size < 150_000
+    with Image.open(picture) as im:
+        assert im.format == "PNG" and im.width <= 1000
 
 
 def test_compare_view_shows_the_last_runs(ui, ui_project, page):
