@@ -32,7 +32,7 @@ _FILE = re.compile(r"((?:[\w.-]+/)*test_\w+\.py)(?:::(test_\w+))?")
 _BARE = re.compile(r"(?<![\w./:-])(test_\w+)(?![\w.])")
 
 
-def test_functions(tests: Path = TESTS) -> dict[Path, set[str]]:
+def defined_tests(tests: Path = TESTS) -> dict[Path, set[str]]:
     """Every test module under tests/ and the test functions it defines."""
     found = {}
     for path in tests.rglob("test_*.py"):
@@ -80,7 +80,7 @@ def missing_tests(text: str, tests: dict[Path, set[str]], not_tests: set[str]) -
 
 @pytest.mark.parametrize("doc", doc_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_test_named_in_the_docs_exists(doc):
-    assert missing_tests(doc.read_text(), test_functions(), metric_names()) == []
+    assert missing_tests(doc.read_text(), defined_tests(), metric_names()) == []
 
 
 def test_a_renamed_or_missing_test_is_reported():

@@ -22,8 +22,7 @@ def file_lock(path: Path) -> Iterator[None]:
     kernel releases it when its holder dies, so a killed process leaves no stale lock;
     like SQLite's own locks it needs a local file system."""
     lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
+    with open(lock, "a") as f:  # (a missing folder: OSError, as the database would give)
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -78,7 +78,7 @@ def open_engine(url: str) -> sa.Engine:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(29301)"))  # one creator
             metadata.create_all(conn)
         return engine
-    except sa.exc.SQLAlchemyError as e:
+    except (sa.exc.SQLAlchemyError, OSError) as e:
         raise LogError(f"prediction log {redact(url)}: {first_line(e)}") from None
 
 

@@ -54,7 +54,7 @@ def open_storage(
                 grace_period=3 * heartbeat_s,
                 heartbeat_stale_trial_callback=on_stale,
             )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError) as e:
         raise TuneError(f"optuna storage {redact(url)}: {first_line(e)}") from None
 
 

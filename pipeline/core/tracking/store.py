@@ -101,13 +101,13 @@ def _create_once(uri: str, db: Path) -> None:
     """
     import mlflow
 
-    with file_lock(db):
-        try:
+    try:
+        with file_lock(db):
             c = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
             c.search_experiments(max_results=1)  # the tracking store: tables, migrations
             c.search_registered_models(max_results=1)  # the registry store (same file)
-        except mlflow.exceptions.MlflowException as e:
-            raise TrackingError(f"tracking store {redact(uri)}: {error_line(e)}") from None
+    except (mlflow.exceptions.MlflowException, OSError) as e:
+        raise TrackingError(f"tracking store {redact(uri)}: {error_line(e)}") from None
 
 
 def connect(experiment: str) -> str:
