@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,7 @@ from pipeline.testing.project import (
     run,
     set_params,
     stage_env,
+    wait_http,
 )
 
 PHASES = (("1 image", 1, 1), ("1 image", 8, 1), ("1 image", 16, 1), ("1 image", 32, 1),
@@ -56,20 +56,6 @@ def champion_project(base: Path, env: dict[str, str]) -> Path:
     run(["git", "commit", "-qam", "smoke params"], project)
     run(["dvc", "repro"], project, env)
     return project
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
 def rss_mb(proc: subprocess.Popen) -> float:
@@ -100,7 +86,7 @@ def bench(kind: str, workers: int, project: Path, env: dict, x: np.ndarray, seco
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     rows = []
     try:
-        wait_ready(health, proc)
+        wait_http(health, proc, poll_s=0.05)  # (the time to ready, to 50 ms)
         ready_s = time.perf_counter() - start
         url = f"http://127.0.0.1:{port}/invocations"
         for label, concurrency, size in PHASES:

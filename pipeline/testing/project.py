@@ -101,8 +101,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Poll ``url`` until it answers 200; fail early if ``proc`` died."""
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120, poll_s: float = 0.5) -> None:
+    """Poll ``url`` every ``poll_s`` until it answers 200; fail early if ``proc`` died."""
     import time
     import urllib.request
 
@@ -115,7 +115,7 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
                 if resp.status == 200:
                     return
         except OSError:
-            time.sleep(0.5)
+            time.sleep(poll_s)
     raise AssertionError(f"{url} did not answer within {timeout}s")
 
 

@@ -25,18 +25,24 @@ def images(n: int, start: int) -> np.ndarray:
     return x
 
 
-def test_concurrent_requests_share_batches_and_get_their_own_rows():
-    calls: list = []
-    v1 = fake("1", calls)
+def answers(batcher: Batcher, requests: list) -> list[np.ndarray]:
+    """Send (images, model) requests at once through a running batcher; their answers."""
 
     async def main():
-        batcher = Batcher(max_batch=64, max_wait_ms=20)
         batcher.start()
-        outs = await asyncio.gather(*(batcher.predict(images(3, 10 * i), v1) for i in range(10)))
+        outs = await asyncio.gather(*(batcher.predict(x, model) for x, model in requests))
         await batcher.stop()
         return outs
 
-    outs = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_rows():
+    calls: list = []
+    v1 = fake("1", calls)
+    outs = answers(
+        Batcher(max_batch=64, max_wait_ms=20), [(images(3, 10 * i), v1) for i in range(10)]
+    )
     for i, out in enumerate(outs):
         np.testing.assert_array_equal(out[:, 1], np.arange(10 * i, 10 * i + 3))
     assert sum(n for _, n in calls) == 30 and len(calls) < 10  # batched
@@ -45,16 +51,8 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows():
 def test_max_batch_bounds_a_batch_and_versions_are_not_mixed():
     calls: list = []
     v1, v2 = fake("1", calls), fake("2", calls)
-
-    async def main():
-        batcher = Batcher(max_batch=8, max_wait_ms=50)
-        batcher.start()
-        jobs = [batcher.predict(images(4, 4 * i), v1 if i < 3 else v2) for i in range(6)]
-        outs = await asyncio.gather(*jobs)
-        await batcher.stop()
-        return outs
-
-    outs = asyncio.run(main())
+    requests = [(images(4, 4 * i), v1 if i < 3 else v2) for i in range(6)]
+    outs = answers(Batcher(max_batch=8, max_wait_ms=50), requests)
     assert all(n <= 8 for _, n in calls)
     for i, out in enumerate(outs):  # each request answered whole, by its own version
         column = 1 if i < 3 else 2
