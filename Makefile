@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands (`python -m pipeline.x`) must find the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup system-deps repro test test-fast lint format clean server ui serve monitor
+.PHONY: setup system-deps repro test test-fast lint format clean server ui serve monitor docs
 
 setup: $(STAMP)
 
@@ -67,6 +67,11 @@ serve: setup
 # "Monitor"): monitor/report.html and report.json, an MLflow run; MONITOR_ARGS=--fail-on-drift
 monitor: setup
 	$(BIN)/python -m pipeline.monitor $(MONITOR_ARGS)
+
+# The README and docs/ as a site in site/ (MkDocs Material, strict: a broken link or anchor
+# fails the build); open site/index.html. The same Markdown reads on GitHub without it.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: setup
 	$(BIN)/ruff check .

@@ -4,6 +4,7 @@ link and ``#anchor`` in them resolves (GitHub's heading slugs)."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import unicodedata
 from pathlib import Path
@@ -291,3 +292,36 @@ def test_the_readme_is_a_landing_page_that_opens_with_the_two_commands():
     assert first.splitlines()[1].startswith("make test")
     linked = set(re.findall(r"\]\((docs/[\w/-]+\.md)\)", text))
     assert {p.relative_to(ROOT).as_posix() for p in guides()} <= linked
+
+
+def test_the_site_builds_in_strict_mode(tmp_path):
+    """``make docs``: MkDocs refuses a broken link or anchor in strict mode."""
+    import subprocess
+    import sys
+
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    proc = subprocess.run(
+        [str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    home = (tmp_path / "site" / "index.html").read_text()
+    assert "make repro" in home and 'href="pipeline/"' in home
+    assert (tmp_path / "site" / "BENCHMARKS" / "index.html").exists()
+
+
+def test_the_site_points_links_at_its_pages():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hooks", ROOT / "docs/_site/hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    text = (
+        "[a](docs/serving.md#x) [b](params.yaml) [c](BENCHMARKS.md)\n```\n[d](params.yaml)\n```\n"
+    )
+    assert hooks.rewrite(text, "README.md", "index.md") == (
+        "[a](serving.md#x) `b` [c](BENCHMARKS.md)\n```\n[d](params.yaml)\n```\n"
+    )
+    assert (
+        hooks.rewrite("[l](../README.md#layout)", "docs/dev.md", "dev.md") == "[l](index.md#layout)"
+    )
