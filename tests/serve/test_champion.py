@@ -127,3 +127,57 @@ def test_no_champion_is_one_line_and_exit_1(smoke_project, tmp_path):
     assert proc.returncode == 1
     errors = [ln for ln in proc.stderr.splitlines() if " ERROR " in ln]
     assert len(errors) == 1 and f"no {NAME}@champion" in errors[0]
+
+
+def test_an_mlflow_webhook_from_the_team_server_swaps_at_once(smoke_project, tmp_path):
+    """Against a real `mlflow server` (SQL store, webhooks): the service polls once an
+    hour, yet moving @champion swaps it within seconds, through MLflow's own signed
+    `model_version_alias.created` delivery to /webhooks/mlflow."""
+    import mlflow
+
+    from pipeline.testing.project import TRACKED_STAGES, tracking_server
+
+    project = clone_of(smoke_project, tmp_path / "project")
+    set_params(project, serve__poll_s=3600)
+    server = tracking_server(tmp_path)
+    # webhooks to http on 127.0.0.1: MLflow allows them only when told to (tests only)
+    # (and a 1 s cache of the webhook list, which register's alias move filled, empty)
+    server.env = {
+        **server.env,
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+    }
+    with server:
+        env = stage_env(MLFLOW_TRACKING_URI=server.uri, SERVE_WEBHOOK_SECRET="s3cret")
+        run(["dvc", "repro", "--force", "--single-item", *TRACKED_STAGES], project, env)
+        client = mlflow.MlflowClient(tracking_uri=server.uri)
+        first = client.get_model_version_by_alias(NAME, "champion")
+        mlflow.set_tracking_uri(server.uri)
+        try:  # a second version of the same model: what matters is that the alias moves
+            second = mlflow.register_model(first.source, NAME)
+        finally:
+            mlflow.set_tracking_uri(None)
+        service = scoring_service(project, env)
+        with service as proc:
+            client.create_webhook(
+                name="serve", url=f"{service.url}/webhooks/mlflow",
+                events=["model_version_alias.created"], secret="s3cret",
+            )  # fmt: skip
+            time.sleep(1.5)  # the server's cached (empty) list of webhooks expires
+            start = time.monotonic()
+            client.set_registered_model_alias(NAME, "champion", second.version)
+            seen = None
+            while time.monotonic() - start < 30:
+                with urllib.request.urlopen(f"{service.url}/v2/models/{NAME}") as resp:
+                    seen = json.loads(resp.read())["versions"][0]
+                if seen == str(second.version):
+                    break
+                time.sleep(0.2)
+            waited = time.monotonic() - start
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            service.log.seek(0)
+            served = service.log.read()
+    assert seen == str(second.version) and waited < 15, (seen, waited, served[-2000:])
+    assert f"now serving v{second.version}" in served
