@@ -5,6 +5,7 @@ feedback labels measured and exported."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -139,7 +140,10 @@ def test_an_empty_window_or_an_unknown_version_is_one_line(replayed):
 
 def test_the_html_report_shows_the_drift_table_and_the_chart(replayed, tmp_path):
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
+        reason = f"{CHROMIUM} not found (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (required in CI)")
+        pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
     project, *_ = replayed
