@@ -49,7 +49,7 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-# The team's tracking server (PostgreSQL + accounts); see README "A shared tracking server".
+# The team's tracking server (PostgreSQL + accounts); see docs/team.md.
 server: setup
 	$(BIN)/python -m pipeline.server $(SERVER_ARGS)
 
@@ -58,13 +58,14 @@ server: setup
 ui: setup
 	$(BIN)/python -m pipeline.ui $(UI_ARGS)
 
-# The scoring service of @champion (README "Serve"): follows the alias, batches, logs every
+# The scoring service of @champion (docs/serving.md): follows the alias, batches, logs every
 # prediction (predictions.db, or PREDICTION_LOG_URL) and exposes /metrics; Ctrl-C stops it.
 serve: setup
 	$(BIN)/python -m pipeline.serve $(SERVE_ARGS)
 
-# Drift and estimated accuracy of the served model, from its prediction log (README
-# "Monitor"): monitor/report.html and report.json, an MLflow run; MONITOR_ARGS=--fail-on-drift
+# Drift and estimated accuracy of the served model, from its prediction log
+# (docs/monitoring.md): monitor/report.html and report.json, an MLflow run;
+# MONITOR_ARGS=--fail-on-drift
 monitor: setup
 	$(BIN)/python -m pipeline.monitor $(MONITOR_ARGS)
 
@@ -84,7 +85,7 @@ format: setup
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-# --- Review in CI (README "Review in CI"): the only commands .github/workflows/ and
+# --- Review in CI (docs/ci.md): the only commands .github/workflows/ and
 # .gitlab-ci.yml run; tests/test_report.py runs each one here.
 REPORT_BASE ?= main
 REPORT_DIR  ?= report

@@ -56,7 +56,7 @@ STOP_TIMEOUT_S = 20
 
 def runs_view_state() -> dict[str, object]:
     """What the runs table shows: the UI's own keys (``selectedColumns`` holds ids such as
-    ``metrics.`test_accuracy```; see README "Tracking: MLflow")."""
+    ``metrics.`test_accuracy```; see docs/pipeline.md, "Tracking: MLflow")."""
     return {
         "selectedColumns": [
             *(f"metrics.`{m}`" for m in METRIC_COLUMNS),

@@ -10,7 +10,7 @@ accuracy estimated without labels (``python -m pipeline.monitor`` does the I/O).
   reference's shares gives p < 0.05; the embedding when a domain classifier tells the
   current images from reference ones with a ROC AUC of 0.55 or more (Evidently's
   ``model()`` embeddings-drift method). Written here because Evidently 0.7 does not import
-  beside pandas 3 (README: Monitor). (Evidently's tests for more than 1,000 rows,
+  beside pandas 3 (docs/monitoring.md). (Evidently's tests for more than 1,000 rows,
   Wasserstein distance / std >= 0.1, flagged mean ink in 18 % of clean 500-image windows:
   they measure a distance, not whether a sample of this size shows one.)
 - **Accuracy without labels**: ATC (Garg et al., ICLR 2022), a confidence threshold fitted

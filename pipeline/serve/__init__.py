@@ -1,4 +1,4 @@
-"""The champion in production: ``python -m pipeline.serve`` (README: Serve).
+"""The champion in production: ``python -m pipeline.serve`` (docs/serving.md).
 
 - :mod:`.champion`: the served version follows ``name@alias`` (poll, webhook, swap);
 - :mod:`.batcher`: dynamic batching of concurrent requests into one forward pass;
