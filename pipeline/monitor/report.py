@@ -66,6 +66,9 @@ def chart(steps: Sequence[Mapping[str, Any]]) -> bytes | None:
         labeled = [s.get("labeled_accuracy") for s in steps]
         ax.plot(x, [v if v is not None else float("nan") for v in labeled], marker="^",
                 label="labelled accuracy")  # fmt: skip
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # windows are whole numbers
     ax.set_ylim(0, 1.05)
     ax.set_xlabel(f"window ({steps[0]['images']} images each)")
     ax.legend(loc="lower left")

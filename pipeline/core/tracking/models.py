@@ -106,7 +106,6 @@ def download_model(model_uri: str, dst: Path) -> Path:
     """A registered or logged model's files (its MLmodel folder) copied into ``dst``."""
     import mlflow
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a log, not a tty
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
     except (mlflow.exceptions.MlflowException, OSError) as e:

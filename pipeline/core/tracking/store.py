@@ -72,6 +72,9 @@ def use_store() -> str:
     import mlflow
 
     uri = tracking_uri()
+    # MLflow draws a progress bar per artifact download: a terminal's, not a log's (serve,
+    # monitor). Users may still turn it on.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if is_server(uri):
         # MLflow retries a failed request 7 times with growing waits (minutes in all); a
         # server that went away should fail the stage in seconds. Users may still override.
