@@ -103,6 +103,7 @@ def mlflow_metrics(record: Mapping, table: pd.DataFrame) -> dict[str, float]:
 
 
 Predict = Callable[[np.ndarray], np.ndarray]  # N×28×28 uint8 -> (N, 10) probabilities
+Embed = Callable[[np.ndarray], np.ndarray]  # N×28×28 uint8 -> (N, 84): F6, the penultimate
 
 
 def predict_robustness(
@@ -121,17 +122,24 @@ def load_model(path: Path = MODEL_FILE) -> Predict:
     """The trained model's predict: its forward pass in NumPy (pipeline/core/inference.py:
     no TensorFlow import, seconds sooner), or Keras for a layer that has none there
     (safe_mode refuses models that would run arbitrary code)."""
+    return load_models(path)[0]
+
+
+def load_models(path: Path = MODEL_FILE) -> tuple[Predict, Embed | None]:
+    """:func:`load_model`'s predict, and the F6 embedding when the NumPy forward pass has
+    the model (None for Keras'), from one read of the file."""
     try:
-        return NumpyModel.load(path).predict  # (a missing file: one DataError line)
+        model = NumpyModel.load(path)  # (a missing file: one DataError line)
+        return model.predict, model.embed
     except UnsupportedModel as e:
         log.info("%s: %s has no NumPy forward pass, scored with Keras", path, e)
     from pipeline.core.backend import keras
 
     model = keras.saving.load_model(path, safe_mode=True)
-    return lambda x: model.predict(x, batch_size=1024, verbose=0)
+    return (lambda x: model.predict(x, batch_size=1024, verbose=0)), None
 
 
-def log_reference(predict: Predict, path: Path = MODEL_FILE) -> None:
+def log_reference(predict: Predict, embed: Embed | None) -> None:
     """Monitoring's reference for this model (pipeline.monitor): its profile on the
     labelled validation images (features, predictions, F6 embedding when the NumPy
     forward pass has one, ATC's threshold), a run artifact ``monitoring/reference.npz``,
@@ -139,11 +147,7 @@ def log_reference(predict: Predict, path: Path = MODEL_FILE) -> None:
     import tempfile
 
     x, y = load_split("val")
-    try:
-        embedding = NumpyModel.load(path).embed(x)
-    except UnsupportedModel:
-        embedding = None
-    ref = monitoring.reference(x, y, predict(x), embedding)
+    ref = monitoring.reference(x, y, predict(x), embed(x) if embed else None)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "reference.npz"
         np.savez_compressed(out, **ref)
@@ -155,7 +159,7 @@ def main() -> None:
     tracking.connect(params.tracking.experiment)
     run_id = read_run()["run_id"]
     x, y = load_split("test")
-    predict = load_model()
+    predict, embed = load_models()
     probs = predict(x)
     scores, cm = evaluate(probs, y)
     table = metrics.per_class(cm)
@@ -190,7 +194,7 @@ def main() -> None:
             tracking.log_artifact(path, "evaluation")
         for path in (CONFUSION_FILE, MISCLASSIFIED_FILE):
             tracking.log_artifact(path)
-        log_reference(predict)
+        log_reference(predict, embed)
     log.info(_summary(record))
 
 

@@ -210,21 +210,17 @@ class NumpyModel:
                     layers.append(fn)
         return cls(layers)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, depth: int | None = None) -> np.ndarray:
+        """The output of the first ``depth`` layers (all of them: the probabilities)."""
         h = x.astype(np.float32)
-        for layer in self.layers:
+        for layer in self.layers[:depth]:
             h = layer(h)
         return h.astype(np.float32, copy=False)
 
     def embed(self, x: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
         """The penultimate layer's output (F6: (N, 84) for LeNet-5), batch by batch: what
         the output layer sees, the embedding that monitoring compares."""
-        out = []
-        for i in range(0, len(x), batch_size):
-            h = x[i : i + batch_size].astype(np.float32)
-            for layer in self.layers[:-1]:
-                h = layer(h)
-            out.append(h)
+        out = [self.forward(x[i : i + batch_size], -1) for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def predict(self, x: np.ndarray, batch_size: int = BATCH) -> np.ndarray:

@@ -92,6 +92,17 @@ def count_rows(url: str) -> int:
         engine.dispose()
 
 
+def latest_version(engine: sa.Engine) -> str | None:
+    """The model version of the last logged image (None for an empty log)."""
+    p = predictions
+    query = sa.select(p.c.model_version).order_by(p.c.id.desc()).limit(1)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(query).scalar()
+    except sa.exc.SQLAlchemyError as e:
+        raise LogError(f"prediction log: {first_line(e)}") from None
+
+
 def read_window(
     engine: sa.Engine, last: int | None = None, since: datetime.datetime | None = None,
     version: str | None = None,

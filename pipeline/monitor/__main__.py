@@ -29,7 +29,7 @@ from pipeline.core.data import atomic_write
 from pipeline.core.errors import PipelineError
 from pipeline.core.inference import NumpyModel, UnsupportedModel
 from pipeline.core.params import Params, load_params
-from pipeline.core.predlog import log_url, open_engine, read_window
+from pipeline.core.predlog import latest_version, log_url, open_engine, read_window
 from pipeline.monitor import report
 from pipeline.monitor.assess import assess
 
@@ -91,13 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     engine = open_engine(log_url(params.serve.log_url))
     if args.command == "export":
         return export(engine, args.out)
-    rows = read_window(engine, args.last, args.since, args.version)
+    version = args.version or latest_version(engine)  # --last N: N images of that version
+    rows = read_window(engine, args.last, args.since, version) if version else {"digit": []}
     if len(rows["digit"]) == 0:
         which = f"version {args.version}" if args.version else "any version"
         raise PipelineError(f"no logged predictions of {which} in the window")
-    version = args.version or str(rows["model_version"][-1])
-    keep = rows["model_version"] == version
-    rows = {k: (v[keep] if v is not None else None) for k, v in rows.items()}
     name = params.register.model_name
     tracking.use_store()
     with tempfile.TemporaryDirectory() as tmp:

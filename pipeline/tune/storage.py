@@ -60,18 +60,14 @@ def open_storage(
 
 @contextlib.contextmanager
 def _creation_lock(url: str) -> Iterator[None]:
-    db = sqlite_path(url)
-    if db is not None:
-        with file_lock(db):
-            yield
-        return
+    """The lock of a study named "(schema)": every worker of any study shares it."""
     lock = StudyLock(url, "(schema)")
     try:
         with lock.held():
             yield
     finally:
-        assert lock.engine is not None
-        lock.engine.dispose()
+        if lock.engine is not None:
+            lock.engine.dispose()
 
 
 class StudyLock:

@@ -60,7 +60,9 @@ def replayed(smoke_project, tmp_path_factory):
                 urllib.request.urlopen(req, timeout=30).close()
         clean = monitor(project, "--last", "1000", "--out", "clean")
         send(server.url, 255 - x[1000:2000])
-    return project, x, y, clean
+    inverted = monitor(project, "--last", "1000", "--out", "inverted", "--fail-on-drift",
+                       check=False)  # fmt: skip
+    return project, x, y, clean, inverted
 
 
 def report(project, out: str) -> dict:
@@ -68,7 +70,7 @@ def report(project, out: str) -> dict:
 
 
 def test_clean_traffic_shows_no_drift_and_accuracy_as_measured(replayed):
-    project, x, y, proc = replayed
+    project, x, y, proc, _ = replayed
     out = report(project, "clean")
     assert out["images"] == 1000 and out["drift"]["detected"] is False, out["drift"]
     acc = out["accuracy"]
@@ -88,9 +90,7 @@ def test_clean_traffic_shows_no_drift_and_accuracy_as_measured(replayed):
 
 
 def test_inverted_digits_drift_and_fail_the_check(replayed):
-    project, *_ = replayed
-    proc = monitor(project, "--last", "1000", "--out", "inverted", "--fail-on-drift",
-                   check=False)  # fmt: skip
+    project, *_, proc = replayed
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert " ERROR drift detected" in proc.stderr
     out = report(project, "inverted")
@@ -118,7 +118,7 @@ def test_monitoring_runs_and_version_tags_in_mlflow(replayed):
 
 
 def test_feedback_is_measured_and_exported_as_a_split(replayed):
-    project, x, y, _ = replayed
+    project, x, y, *_ = replayed
     out = report(project, "clean")["accuracy"]
     monitor(project, "export", "--out", "feedback")
     with np.load(project / "feedback/feedback.npz", allow_pickle=False) as z:
