@@ -11,6 +11,7 @@ current version serving, with one WARNING line and ``serve_model_reloads_total{r
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -47,16 +48,18 @@ def load_version(name: str, version: str, workdir: Path) -> Loaded:
     found = tracking.model_version(name, version)
     if found is None:
         raise PipelineError(f"{uri}: no such version")
-    folder = tracking.download_model(
-        uri, Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=workdir))
-    )
-    try:
-        numpy_model = NumpyModel.load(folder / "data" / "model.keras")
-        predict, engine = numpy_model.forward, "numpy"
-    except UnsupportedModel as e:
-        log.info("%s: %s, served with Keras", uri, e)
-        pyfunc = tracking.load_pyfunc(str(folder))
-        predict, engine = (lambda x: np.asarray(pyfunc.predict(x), np.float32)), "keras"
+    dst = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=workdir))
+    try:  # both engines read the whole model into memory: its files go right after
+        folder = tracking.download_model(uri, dst)
+        try:
+            numpy_model = NumpyModel.load(folder / "data" / "model.keras")
+            predict, engine = numpy_model.forward, "numpy"
+        except UnsupportedModel as e:
+            log.info("%s: %s, served with Keras", uri, e)
+            pyfunc = tracking.load_pyfunc(str(folder))
+            predict, engine = (lambda x: np.asarray(pyfunc.predict(x), np.float32)), "keras"
+    finally:
+        shutil.rmtree(dst, ignore_errors=True)
     probs = predict(np.zeros((2, 28, 28), np.float32))  # warm: the first call pays setup
     if probs.shape != (2, 10) or not np.isfinite(probs).all():
         raise PipelineError(f"{uri}: gives {probs.shape} outputs, not 10 probabilities")
