@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     model_uri = args.model_uri or f"models:/{params.register.model_name}@{params.register.alias}"
     images = imaging.prepare(args.images)  # every file decoded before MLflow is touched
     tracking.use_store()  # reads only: creates no experiment
+    name, alias = params.register.model_name, params.register.alias
+    if not args.model_uri and tracking.alias_target(name, alias) is None:
+        raise PipelineError(tracking.why_no_champion(name, alias, params.tracking.experiment))
     # Stdout carries only the results: Keras' progress bar (the pyfunc predicts with
     # verbose="auto") and anything else the flavour prints goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):

@@ -15,8 +15,12 @@
   but its counts are decided anew under today's ``register.alpha`` and ``min_gain``;
 - two machines moving the alias at once: after a move the alias is read back, and if
   another version took it, the two are gated against each other the same way;
-- writes data/register/champion.json (the champion, the ranking metric, the test metrics,
-  the gate of the last attempt).
+- writes data/register/champion.json (the champion, the store, the ranking metric, the
+  test metrics, the gate of the last attempt) and data/register/store.json, the receipt
+  that makes DVC run register again wherever the store is not this one (a fresh clone,
+  ``dvc pull``): :mod:`pipeline.core.receipt`;
+- outputs made with another store (run.json names a run this store lacks) and nothing to
+  register: one line saying to retrain here or to point at the store that has the run.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pipeline.core import card, tracking
 from pipeline.core.cli import run
 from pipeline.core.data import atomic_write, load_split, split_md5, write_json
 from pipeline.core.errors import PipelineError, TrackingError
-from pipeline.core.layout import CARD_FILE, CHAMPION_FILE
+from pipeline.core.layout import CARD_FILE, CHAMPION_FILE, STORE_FILE
 from pipeline.core.params import RegisterParams, load_params
 from pipeline.core.promotion import (
     CANDIDATE_FILTER,
@@ -47,6 +51,7 @@ from pipeline.core.promotion import (
     rank_runs,
     reusable,
 )
+from pipeline.core.receipt import foreign_outputs, receipt, workspace_run_id
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -157,8 +162,14 @@ def main() -> None:
     experiment_id = tracking.connect(params.tracking.experiment)
     runs = tracking.search_runs(experiment_id, CANDIDATE_FILTER, RANK_COLUMNS)
     ranked = rank_runs(runs, cfg.metric)
+    foreign = foreign_outputs(tracking.store_facts(params.tracking.experiment, workspace_run_id()))
     if ranked.empty:
-        raise PipelineError("no finished run with test metrics and a model to register")
+        raise PipelineError(
+            f"no finished run with test metrics and a model to register in "
+            f"{tracking.store_label()}: {foreign or '`make repro` trains one'}"
+        )
+    if foreign:  # the store's best run is registered; the workspace's model is not it
+        log.warning("%s", foreign)
     best_run = tracking.get_run(ranked.iloc[0].run_id)
     candidate = version_for(name, best_run)
     champion = tracking.alias_target(name, cfg.alias)
@@ -175,6 +186,8 @@ def main() -> None:
     champion_run = tracking.get_run(champion.run_id)
     write_json(CHAMPION_FILE, champion_file(cfg, champion, champion_run, record))
     write_card(cfg, champion, champion_run, record)
+    store = tracking.store_label()
+    write_json(STORE_FILE, receipt(store, name, cfg.alias, champion.version, champion.run_id))
     log.info("%s", line)
 
 
@@ -186,6 +199,7 @@ def champion_file(cfg: RegisterParams, champion: ModelVersion, run_obj: Run, rec
         "alias": cfg.alias,
         "version": int(champion.version),
         "run_id": champion.run_id,
+        "store": tracking.store_label(),  # the run id and version are this store's
         "ranked_by": cfg.metric,
         **{k: metrics.get(k) for k in ("val_accuracy", "val_loss", "test_accuracy", "test_loss")},
         "gate": json.loads(json.dumps(record, sort_keys=True)),  # as the tag stores it

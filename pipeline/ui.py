@@ -41,6 +41,7 @@ from pipeline.core.errors import PipelineError, TrackingError, redact
 from pipeline.core.layout import MLFLOW_ARTIFACTS, project_root
 from pipeline.core.params import Params, load_params
 from pipeline.core.promotion import CANDIDATE_FILTER
+from pipeline.core.receipt import foreign_outputs, workspace_run_id
 
 log = logging.getLogger("pipeline.ui")
 
@@ -109,16 +110,17 @@ def find_views(params: Params, last: int) -> Views:
     name = params.tracking.experiment
     uri = redact(tracking.tracking_uri())
     experiment_id = tracking.find_experiment(name)
-    if experiment_id is None:
-        raise PipelineError(f"no runs yet: experiment {name} is not in {uri} (run dvc repro)")
-    runs = tracking.search_runs(experiment_id, CANDIDATE_FILTER)
-    if runs.empty:
-        raise PipelineError(f"no runs yet: no evaluated run in experiment {name} in {uri}")
+    runs = tracking.search_runs(experiment_id, CANDIDATE_FILTER) if experiment_id else None
+    if runs is None or runs.empty:
+        where = f"experiment {name} in {uri}"
+        foreign = foreign_outputs(tracking.store_facts(name, workspace_run_id()))
+        raise PipelineError(f"no evaluated run in {where}: {foreign or '`make repro` makes one'}")
     run_ids = tuple(runs["run_id"].head(last))
     model = params.register.model_name
     champion = tracking.alias_target(model, params.register.alias)
     if champion is None:
-        log.warning("no %s@%s yet: the model page shows no champion", model, params.register.alias)
+        why = tracking.why_no_champion(model, params.register.alias, name)
+        log.warning("the model page shows no champion: %s", why)
     try:
         tracking.share_view(experiment_id, VIEW_KEY, runs_view_state())
         shared = True

@@ -184,3 +184,85 @@ def test_a_champion_whose_model_cannot_be_loaded_is_replaced_without_a_test(
     assert client.get_model_version(NAME, broken.version).tags["duplicate_of"] == str(good.version)
     out = json.loads((project / "data/register/champion.json").read_text())
     assert out["version"] == int(good.version) and out["gate"]["decision"] == "first"
+
+
+# --- Register and the store (issue 38): outputs made in one store, reproduced in another.
+
+
+@pytest.fixture(scope="module")
+def committed(smoke_project, tmp_path_factory):
+    """The smoke project with its outputs, dvc.lock and a DVC remote committed and pushed,
+    as a teammate's repository is: a clone of it starts with another store's champion.json."""
+    origin = clone_of(smoke_project, tmp_path_factory.mktemp("origin"))
+    remote = tmp_path_factory.mktemp("dvc-remote")
+    run(["dvc", "remote", "add", "-d", "local", str(remote)], origin)
+    run(["dvc", "push", "-q"], origin)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    run(["git", "add", "-A"], origin)
+    run([*git, "commit", "-qm", "outputs of another store"], origin)
+    assert not (origin / "data/register/store.json").exists() or run(
+        ["git", "check-ignore", "data/register/store.json"], origin
+    )
+    return origin
+
+
+def _fresh_clone(origin, dest):
+    run(["git", "clone", "-q", str(origin), str(dest)], dest.parent)
+    assert not (dest / "mlflow.db").exists() and not (dest / "data/register/store.json").exists()
+    return dest
+
+
+def test_a_fresh_clone_repro_registers_a_champion_the_service_serves(committed, tmp_path):
+    """The newcomer's path: clone, `dvc repro` with an empty store (bit-identical evaluate
+    outputs, so only the missing receipt makes register run), then the service answers."""
+    project = _fresh_clone(committed, tmp_path / "clone")
+    repro = run(["dvc", "repro"], project)
+    assert "Running stage 'register'" in repro.stdout
+    # The pipeline reproduced bit for bit: evaluate's committed outputs are unchanged...
+    assert not run(["git", "status", "--porcelain", "data/eval"], project).stdout.strip()
+    # ...and still this store got its own champion, and champion.json says so.
+    client = mlflow_client(project)
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    out = json.loads((project / "data/register/champion.json").read_text())
+    assert out["version"] == int(champion.version) == 1
+    assert (
+        out["run_id"]
+        == champion.run_id
+        != json.loads((committed / "data/register/champion.json").read_text())["run_id"]
+    )
+    assert out["store"] == "the local store mlflow.db"
+    receipt = json.loads((project / "data/register/store.json").read_text())
+    assert receipt == {**receipt, "version": 1, "run_id": champion.run_id}
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], project).stdout
+
+    from pipeline.testing.project import scoring_service
+
+    service = scoring_service(project)
+    with service:
+        import urllib.request
+
+        body = json.dumps({"inputs": np.zeros((1, 28, 28)).tolist()}).encode()
+        headers = {"Content-Type": "application/json"}
+        req = urllib.request.Request(f"{service.url}/invocations", body, headers)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200 and resp.headers["X-Model-Version"] == "1"
+
+
+def test_pulled_outputs_in_a_local_store_get_one_line_of_advice(committed, tmp_path):
+    """A second machine with its own local store: `dvc pull`, then `dvc repro` finds every
+    stage up to date but register, which says what to do instead of skipping silently."""
+    project = _fresh_clone(committed, tmp_path / "clone")
+    run(["dvc", "pull", "-q"], project)
+    proc = run(["dvc", "repro"], project, check=False)
+    assert proc.returncode != 0
+    assert "Stage 'train' didn't change" in proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if " ERROR " in ln]
+    assert len(errors) == 1, proc.stderr
+    run_id = json.loads((project / "data/train/run.json").read_text())["run_id"]
+    assert f"run {run_id}" in errors[0] and "dvc repro -f train" in errors[0]
+    assert "MLFLOW_TRACKING_URI" in errors[0]
+    assert not (project / "data/register/store.json").exists()
+    # The service says the same, and tells no one who just reproduced to run make repro.
+    serve = run([sys.executable, "-m", "pipeline.serve", "--port", "0"], project, check=False)
+    assert serve.returncode == 1 and "dvc repro -f train" in serve.stderr
+    assert "make repro" not in serve.stderr

@@ -8,7 +8,9 @@ dvc.yaml declares the same paths. Where each lives:
 - **DVC cache** (binary, pushed to a DVC remote): raw and prepared data, the model, the
   PNG plots.
 - **neither** (git-ignored, at the main workspace's root): the local MLflow and Optuna
-  stores, shared by the workspace and every DVC experiment's temporary copy.
+  stores, shared by the workspace and every DVC experiment's temporary copy; and
+  register's receipt of the store it registered in (``STORE_FILE``), which is what makes
+  register run again wherever the store is not the one that receipt names.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ MISCLASSIFIED_FILE = EVAL_DIR / "misclassified.png"  # (DVC cache)
 # register
 CHAMPION_FILE = DATA / "register" / "champion.json"  # (git)
 CARD_FILE = DATA / "register" / "card.md"  # the champion's model card (git)
+# Which store this workspace's champion was registered in (git-ignored, never cached): a
+# fresh clone or a `dvc pull` lacks it, so DVC reruns register for the store at hand.
+STORE_FILE = DATA / "register" / "store.json"
 
 # python -m pipeline.tune (not a stage: git-ignored, see data/README.md)
 TUNE_BEST_FILE = DATA / "tune" / "best.yaml"

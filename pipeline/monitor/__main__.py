@@ -66,7 +66,10 @@ def load_reference(name: str, version: str, tmp: Path) -> tuple[dict, str]:
     """(reference arrays, run id) of a registered version."""
     found = tracking.model_version(name, version)
     if found is None:
-        raise PipelineError(f"{name} has no version {version!r}")
+        raise PipelineError(
+            f"{name} has no version {version!r} in {tracking.store_label()}: the log was "
+            "written by a service of another store (MLFLOW_TRACKING_URI, PREDICTION_LOG_URL)"
+        )
     path = tracking.download_artifact(found.run_id, REFERENCE, tmp)
     if path is None:
         raise PipelineError(f"{name} v{version} has no {REFERENCE} (evaluated before "

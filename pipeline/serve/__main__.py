@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     url = log_url(cfg.log_url)
     open_engine(url).dispose()  # the log is reachable and has its tables, before serving
     if tracking.alias_target(name, alias) is None:
-        raise PipelineError(f"no {name}@{alias} in the registry: nothing to serve (make repro)")
+        raise PipelineError(
+            f"nothing to serve: {tracking.why_no_champion(name, alias, params.tracking.experiment)}"
+        )
     tmp = tempfile.mkdtemp(prefix="pipeline-serve-")
     settings = {"serve": cfg.__dict__, "name": name, "alias": alias, "log_url": url, "tmp": tmp}
     os.environ[SETTINGS_ENV] = json.dumps(settings)

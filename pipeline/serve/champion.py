@@ -82,9 +82,8 @@ class Champion:
         follow it."""
         target = tracking.alias_target(self.name, self.alias)
         if target is None:
-            raise PipelineError(
-                f"no {self.name}@{self.alias} in the registry: nothing to serve "
-                "(run the pipeline: make repro)"
+            raise PipelineError(  # python -m pipeline.serve said why before it came here
+                f"no {self.name}@{self.alias} in {tracking.store_label()}: nothing to serve"
             )
         self._swap(load_version(self.name, str(target.version), self.workdir))
         self._thread.start()

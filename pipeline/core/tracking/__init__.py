@@ -31,8 +31,10 @@ from pipeline.core.tracking.registry import (
     set_alias,
     set_description,
     set_version_tags,
+    store_facts,
     version_of_run,
     versions_of_run,
+    why_no_champion,
 )
 from pipeline.core.tracking.runs import (
     MODEL_URI_TAG,
@@ -61,6 +63,7 @@ from pipeline.core.tracking.store import (
     find_experiment,
     is_server,
     share_view,
+    store_label,
     tracking_uri,
     use_store,
 )
@@ -107,9 +110,12 @@ __all__ = [
     "set_tags",
     "set_version_tags",
     "share_view",
+    "store_facts",
+    "store_label",
     "terminate",
     "tracking_uri",
     "use_store",
     "version_of_run",
     "versions_of_run",
+    "why_no_champion",
 ]

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from pipeline.core.errors import TrackingError
+from pipeline.core.receipt import StoreFacts, no_champion, workspace_run_id
 from pipeline.core.tracking.store import client, error_line, is_server
 
 if TYPE_CHECKING:
@@ -142,3 +143,24 @@ def delete_alias(name: str, alias: str) -> None:
     except mlflow.exceptions.MlflowException as e:
         if getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
             raise TrackingError(f"cannot remove {name}@{alias}: {error_line(e)}") from None
+
+
+_FINISHED = "attributes.status = 'FINISHED'"
+
+
+def store_facts(experiment: str, workspace_run: str | None) -> StoreFacts:
+    """What the current store holds of ``experiment`` and of the workspace's run: the facts
+    :func:`pipeline.core.receipt.no_champion` explains a missing champion from."""
+    from pipeline.core.tracking.runs import get_run, search_runs
+    from pipeline.core.tracking.store import find_experiment, store_label
+
+    experiment_id = find_experiment(experiment)
+    finished = len(search_runs(experiment_id, _FINISHED)) if experiment_id else 0
+    known = workspace_run is not None and get_run(workspace_run) is not None
+    return StoreFacts(store_label(), finished, workspace_run, known)
+
+
+def why_no_champion(name: str, alias: str, experiment: str) -> str:
+    """One line: why ``name@alias`` is missing from the current store, and the fix."""
+    facts = store_facts(experiment, workspace_run_id())
+    return no_champion(name, alias, facts)

@@ -40,6 +40,15 @@ def tracking_uri(env: Mapping[str, str] = os.environ) -> str:
     return f"sqlite:///{project_root() / MLFLOW_DB}?timeout={_SQLITE_TIMEOUT_S}"
 
 
+def store_label(uri: str | None = None) -> str:
+    """The store as a person names it, the same on every machine: ``mlflow.db`` for the
+    default local store (whatever the checkout's path), else the URI without credentials."""
+    uri = uri or tracking_uri()
+    if uri == tracking_uri({}):
+        return f"the local store {MLFLOW_DB}"
+    return redact(uri.split("?", 1)[0] if uri.startswith("sqlite") else uri)
+
+
 def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 

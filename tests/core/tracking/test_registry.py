@@ -118,3 +118,22 @@ def test_model_versions_lists_every_version(experiment_id):
     tracking.register(uri_a, "other-model", {})
     versions = tracking.model_versions(NAME)
     assert sorted((str(v.version), v.run_id) for v in versions) == [("1", run_a), ("2", run_b)]
+
+
+def test_store_facts_count_finished_runs_and_know_the_workspace_run(experiment_id):
+    with tracking.active_run(experiment_id=experiment_id) as rid:
+        pass
+    facts = tracking.store_facts("exp", rid)
+    assert facts.finished_runs == 1 and facts.workspace_run_known
+    assert facts.store == "the local store mlflow.db"
+    other = tracking.store_facts("exp", "0123456789abcdef0123456789abcdef")
+    assert not other.workspace_run_known
+    assert tracking.store_facts("no-such-experiment", None).finished_runs == 0
+
+
+def test_why_no_champion_names_this_store_and_register(experiment_id):
+    with tracking.active_run(experiment_id=experiment_id):
+        pass
+    line = tracking.why_no_champion(NAME, "champion", "exp")
+    assert line.startswith(f"no {NAME}@champion in the local store mlflow.db, although it has 1")
+    assert "python -m pipeline.register" in line

@@ -29,3 +29,13 @@ def test_connect_marks_new_and_existing_experiments_as_model_training(tmp_path, 
     for exp_id in (old, new):
         tags = client.get_experiment(exp_id).tags
         assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_store_label_is_the_same_on_every_checkout_and_hides_credentials(tmp_path, monkeypatch):
+    from pipeline.core.tracking import store_label
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert store_label() == "the local store mlflow.db"
+    assert store_label("http://bob:pw@team:5000") == "http://***@team:5000"
+    assert store_label("sqlite:////srv/x.db?timeout=60") == "sqlite:////srv/x.db"
