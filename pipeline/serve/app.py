@@ -10,6 +10,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import importlib.metadata
 import logging
 import os
 import time
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_SECRET_ENV = "SERVE_WEBHOOK_SECRET"
 WEBHOOK_MAX_AGE_S = 300  # a signed delivery older than this is refused (replays)
+try:  # GET /v2 names the server's version
+    SERVER_VERSION = importlib.metadata.version("lenet5-mnist-mlops")
+except importlib.metadata.PackageNotFoundError:  # run from a checkout without pip install
+    SERVER_VERSION = "0"
 
 
 @dataclass
@@ -49,10 +54,13 @@ class Service:
     log_pixels: bool
 
 
-def _answer(endpoint: str, status: int, body: bytes, start: float, headers=None) -> Response:
+def _answer(
+    endpoint: str, status: int, body: bytes, start: float, headers=None,
+    media_type: str = "application/json",
+) -> Response:  # fmt: skip
     metrics.REQUESTS.labels(endpoint=endpoint, status=str(status)).inc()
     metrics.LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - start)
-    return Response(body, status, headers=headers, media_type="application/json")
+    return Response(body, status, headers=headers, media_type=media_type)
 
 
 def _error(endpoint: str, e: BadRequest, start: float, v2: bool = False) -> Response:
@@ -135,9 +143,12 @@ def create_app(make_service) -> FastAPI:
     app = FastAPI(title="lenet5-mnist scoring service", lifespan=lifespan, docs_url=None,
                   redoc_url=None)  # fmt: skip
 
-    async def score(request: Request, endpoint: str, x: np.ndarray, start: float, ts, rid: str):
+    async def score(request: Request, endpoint: str, x: np.ndarray, start: float, ts, rid: str,
+                    version: str | None = None):  # fmt: skip
         svc: Service = request.app.state.svc
         model = svc.champion.current  # the version this request is answered by
+        if version is not None and model.version != version:
+            return None, None
         probs = await svc.batcher.predict(x, model)
         latency_ms = (time.perf_counter() - start) * 1000
         svc.log.add(protocol.log_rows(x, probs, rid, endpoint, model.version, ts, latency_ms,
@@ -162,20 +173,39 @@ def create_app(make_service) -> FastAPI:
         return _answer("invocations", 200, protocol.invocations_answer(probs), start,
                        _headers(model, rid))  # fmt: skip
 
-    @app.post("/v2/models/{name}/infer")
-    async def v2_infer(name: str, request: Request) -> Response:
+    def _unknown(svc: Service, name: str, version: str | None) -> BadRequest | None:
+        """404 for a model or version this service does not serve now, else None."""
+        served = svc.champion.current
+        if name != served.name:
+            return BadRequest(f"unknown model {name!r}: this service serves {served.name!r}", 404)
+        if version is not None and version != served.version:
+            serving = f"version {served.version} ({name}@{svc.champion.alias})"
+            return BadRequest(f"{name} version {version!r} is not served: this service serves "
+                              f"{serving}", 404)  # fmt: skip
+        return None
+
+    async def v2_infer(request: Request, name: str, version: str | None = None) -> Response:
         start, ts, rid = _begin()
         svc: Service = request.app.state.svc
         try:
-            if name != svc.champion.name:
-                raise BadRequest(f"unknown model {name!r}: this service serves "
-                                 f"{svc.champion.name!r}", 404)  # fmt: skip
-            x, client_id, _ = protocol.parse_v2(await request.body())
+            unknown = _unknown(svc, name, version)
+            if unknown:
+                raise unknown
+            body = await request.body()
+            req = protocol.parse_v2(body, request.headers.get(protocol.BINARY_HEADER))
         except BadRequest as e:
             return _error("v2_infer", e, start, v2=True)
-        model, probs = await score(request, "v2", x, start, ts, rid)
-        body = protocol.v2_answer(probs, model.name, model.version, client_id or rid)
-        return _answer("v2_infer", 200, body, start, _headers(model, rid))
+        model, probs = await score(request, "v2", req.x, start, ts, rid, version)
+        if model is None:  # the alias moved away from the version asked for
+            gone = BadRequest(f"{name} version {version!r} is no longer served", 404)
+            return _error("v2_infer", gone, start, v2=True)
+        body, extra = protocol.v2_answer(probs, model.name, model.version,
+                                         req.request_id or rid, req.binary_output)  # fmt: skip
+        return _answer("v2_infer", 200, body, start, {**_headers(model, rid), **extra},
+                       "application/octet-stream" if extra else "application/json")  # fmt: skip
+
+    app.add_api_route("/v2/models/{name}/infer", v2_infer, methods=["POST"])
+    app.add_api_route("/v2/models/{name}/versions/{version}/infer", v2_infer, methods=["POST"])
 
     @app.post("/predict")
     async def predict(request: Request) -> Response:
@@ -244,16 +274,39 @@ def create_app(make_service) -> FastAPI:
         return Response(orjson.dumps({"ready": ok}), 200 if ok else 503,
                         media_type="application/json")  # fmt: skip
 
-    @app.get("/v2/models/{name}")
-    async def model_metadata(name: str, request: Request) -> Response:
-        loaded = request.app.state.svc.champion.current
-        if name != loaded.name:
-            body = orjson.dumps({"error": f"unknown model {name!r}: this service serves "
-                                          f"{loaded.name!r}"})  # fmt: skip
-            return Response(body, 404, media_type="application/json")
+    def _v2_error(e: BadRequest) -> Response:
+        return Response(orjson.dumps({"error": str(e)}), e.status, media_type="application/json")
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        return Response(orjson.dumps(protocol.v2_server_metadata(SERVER_VERSION)),
+                        media_type="application/json")  # fmt: skip
+
+    async def model_metadata(request: Request, name: str, version: str | None = None):
+        svc: Service = request.app.state.svc
+        unknown = _unknown(svc, name, version)
+        if unknown:
+            return _v2_error(unknown)
+        loaded = svc.champion.current
         meta = protocol.v2_metadata(loaded.name, loaded.version, loaded.engine)
         return Response(orjson.dumps(meta), media_type="application/json",
                         headers={"X-Model-Version": loaded.version})  # fmt: skip
+
+    async def model_ready(request: Request, name: str, version: str | None = None):
+        svc: Service | None = getattr(request.app.state, "svc", None)
+        if svc is None or svc.champion.current is None:
+            return Response(orjson.dumps({"name": name, "ready": False}), 503,
+                            media_type="application/json")  # fmt: skip
+        unknown = _unknown(svc, name, version)
+        if unknown:
+            return _v2_error(unknown)
+        return Response(orjson.dumps({"name": name, "ready": True}), media_type="application/json",
+                        headers={"X-Model-Version": svc.champion.current.version})  # fmt: skip
+
+    app.add_api_route("/v2/models/{name}", model_metadata, methods=["GET"])
+    app.add_api_route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"])
+    app.add_api_route("/v2/models/{name}/ready", model_ready, methods=["GET"])
+    app.add_api_route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"])
 
     @app.get("/metrics")
     async def get_metrics() -> Response:

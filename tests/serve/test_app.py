@@ -205,3 +205,57 @@ def test_verify_webhook_rules():
     assert "old" in verify_webhook(headers, b"{}", "s", now=100 + 301)
     assert verify_webhook(headers, b"{}", "s", now=100) == "bad signature"
     assert "malformed" in verify_webhook({}, b"{}", "s")
+
+
+def test_an_open_inference_protocol_client_in_json_and_binary(served):
+    """NVIDIA's tritonclient (PyPI) in its default settings (binary tensors both ways) and in
+    JSON: server and model metadata, readiness, inference, a pinned version."""
+    import tritonclient.http as oip
+    from tritonclient.utils import InferenceServerException
+
+    project, url, _ = served
+    client = oip.InferenceServerClient(url.removeprefix("http://"), network_timeout=30)
+    assert client.is_server_live() and client.is_server_ready()
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    assert client.is_model_ready(NAME)
+    [version] = client.get_model_metadata(NAME)["versions"]
+    assert client.is_model_ready(NAME, version) and not client.is_model_ready(NAME, "999")
+    with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
+        x = z["x"][:16]
+    expected = pyfunc_probs(project, version, x)
+
+    def infer(x, datatype, binary=None, **kw):
+        tensor = oip.InferInput("images", list(x.shape), datatype)
+        if binary is None:  # the client's defaults: binary in, all outputs binary
+            tensor.set_data_from_numpy(x)
+            return client.infer(NAME, [tensor], **kw)
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        wanted = [oip.InferRequestedOutput("probabilities", binary_data=binary)]
+        return client.infer(NAME, [tensor], outputs=wanted, **kw)
+
+    for datatype, data in (("UINT8", x), ("FP32", x.astype(np.float32))):
+        for binary in (None, True, False):
+            result = infer(data, datatype, binary)
+            np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5)
+            assert result.get_response()["model_version"] == version
+    pinned = infer(x, "UINT8", model_version=version)
+    np.testing.assert_allclose(pinned.as_numpy("probabilities"), expected, atol=1e-5)
+    with pytest.raises(InferenceServerException, match="version '999' is not served"):
+        infer(x, "UINT8", model_version="999")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{url}/v2/models/{NAME}/versions/999", timeout=10)
+    assert e.value.code == 404 and list(json.loads(e.value.read())) == ["error"]
+
+
+def test_malformed_binary_bodies_get_400_and_one_line(served):
+    _, url, proc = served
+    raw = np.zeros((1, 28, 28), np.uint8).tobytes()
+    tensor = {"name": "x", "shape": [1, 28, 28], "datatype": "FP32",
+              "parameters": {"binary_data_size": 784}}  # fmt: skip
+    header = json.dumps({"inputs": [tensor]}).encode()
+    for length, words in ((len(header), "4-byte values"), (len(header) + 900, "past the end")):
+        status, _, out = post(f"{url}/v2/models/{NAME}/infer", header + raw,
+                              "application/octet-stream",
+                              {"Inference-Header-Content-Length": str(length)})  # fmt: skip
+        assert status == 400 and words in out["error"] and "\n" not in out["error"]
+    assert proc.poll() is None
