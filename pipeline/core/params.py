@@ -116,6 +116,8 @@ class ServeParams:
     poll_s: float = _field(0, lo_open=True)
     max_batch: int = _field(1, 65_536)
     max_wait_ms: float = _field(0, 1_000)
+    max_queue: int = _field(1)
+    max_queue_ms: float = _field(0, 60_000, lo_open=True)
     max_body_mb: float = _field(0, 1_024, lo_open=True)
     log_url: str | None = _field()
     log_pixels: bool = _field()

@@ -43,7 +43,9 @@ def build_service(settings: dict):
     return Service(
         champion=champion,
         log=PredictionLog(engine, cfg["log_flush_ms"] / 1000),
-        batcher=Batcher(cfg["max_batch"], cfg["max_wait_ms"]),
+        batcher=Batcher(
+            cfg["max_batch"], cfg["max_wait_ms"], cfg["max_queue"], cfg["max_queue_ms"]
+        ),
         max_body=int(cfg["max_body_mb"] * 2**20),
         log_pixels=cfg["log_pixels"],
     )

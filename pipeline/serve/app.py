@@ -6,10 +6,7 @@ back to ``POST /feedback``); every image answered is a row of the prediction log
 
 from __future__ import annotations
 
-import base64
 import datetime
-import hashlib
-import hmac
 import importlib.metadata
 import logging
 import os
@@ -25,18 +22,15 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.core import imaging
-from pipeline.core.errors import DataError, PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.serve import metrics, protocol
-from pipeline.serve.batcher import Batcher
-from pipeline.serve.champion import Champion
+from pipeline.serve.batcher import Batcher, Overloaded
+from pipeline.serve.champion import WEBHOOK_SECRET_ENV, Champion, verify_webhook
 from pipeline.serve.log import PredictionLog, store_feedback
 from pipeline.serve.protocol import BadRequest
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_SECRET_ENV = "SERVE_WEBHOOK_SECRET"
-WEBHOOK_MAX_AGE_S = 300  # a signed delivery older than this is refused (replays)
 try:  # GET /v2 names the server's version
     SERVER_VERSION = importlib.metadata.version("lenet5-mnist-mlops")
 except importlib.metadata.PackageNotFoundError:  # run from a checkout without pip install
@@ -58,14 +52,21 @@ def _answer(
     endpoint: str, status: int, body: bytes, start: float, headers=None,
     media_type: str = "application/json",
 ) -> Response:  # fmt: skip
-    metrics.REQUESTS.labels(endpoint=endpoint, status=str(status)).inc()
-    metrics.LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+    metrics.answered(endpoint, status, time.perf_counter() - start)
     return Response(body, status, headers=headers, media_type=media_type)
 
 
 def _error(endpoint: str, e: BadRequest, start: float, v2: bool = False) -> Response:
     body = {"error": str(e)} if v2 else {"error_code": "BAD_REQUEST", "message": str(e)}
     return _answer(endpoint, e.status, orjson.dumps(body), start)
+
+
+def _overloaded(endpoint: str, e: Overloaded, start: float, v2: bool = False) -> Response:
+    """503 with Retry-After, at once: the client (or the load balancer) tries again."""
+    metrics.REJECTED.labels(reason=e.reason).inc()
+    body = {"error": str(e)} if v2 else {"error_code": "TEMPORARILY_UNAVAILABLE",
+                                         "message": str(e)}  # fmt: skip
+    return _answer(endpoint, 503, orjson.dumps(body), start, {"Retry-After": "1"})
 
 
 class BodyLimit:
@@ -153,7 +154,6 @@ def create_app(make_service) -> FastAPI:
         latency_ms = (time.perf_counter() - start) * 1000
         svc.log.add(protocol.log_rows(x, probs, rid, endpoint, model.version, ts, latency_ms,
                                       svc.log_pixels))  # fmt: skip
-        metrics.count_digits(probs.argmax(axis=1))
         return model, probs
 
     def _begin() -> tuple[float, datetime.datetime, str]:
@@ -166,10 +166,14 @@ def create_app(make_service) -> FastAPI:
     async def invocations(request: Request) -> Response:
         start, ts, rid = _begin()
         try:
-            x = protocol.parse_invocations(await request.body())
+            body = await request.body()
+            request.app.state.svc.batcher.admit()  # before the parse: refusing is cheap
+            x = protocol.parse_invocations(body)
+            model, probs = await score(request, "invocations", x, start, ts, rid)
         except BadRequest as e:
             return _error("invocations", e, start)
-        model, probs = await score(request, "invocations", x, start, ts, rid)
+        except Overloaded as e:
+            return _overloaded("invocations", e, start)
         return _answer("invocations", 200, protocol.invocations_answer(probs), start,
                        _headers(model, rid))  # fmt: skip
 
@@ -192,10 +196,13 @@ def create_app(make_service) -> FastAPI:
             if unknown:
                 raise unknown
             body = await request.body()
+            svc.batcher.admit()
             req = protocol.parse_v2(body, request.headers.get(protocol.BINARY_HEADER))
+            model, probs = await score(request, "v2", req.x, start, ts, rid, version)
         except BadRequest as e:
             return _error("v2_infer", e, start, v2=True)
-        model, probs = await score(request, "v2", req.x, start, ts, rid, version)
+        except Overloaded as e:
+            return _overloaded("v2_infer", e, start, v2=True)
         if model is None:  # the alias moved away from the version asked for
             gone = BadRequest(f"{name} version {version!r} is no longer served", 404)
             return _error("v2_infer", gone, start, v2=True)
@@ -217,10 +224,13 @@ def create_app(make_service) -> FastAPI:
             if not files:
                 raise BadRequest('no image: send files as multipart form field "files"')
             blobs = [(f.filename or f"file {i}", await f.read()) for i, f in enumerate(files)]
-            x = await run_in_threadpool(_normalise, blobs)
+            svc.batcher.admit()
+            x = await run_in_threadpool(protocol.from_files, blobs)
+            model, probs = await score(request, "predict", x, start, ts, rid)
         except BadRequest as e:
             return _error("predict", e, start)
-        model, probs = await score(request, "predict", x, start, ts, rid)
+        except Overloaded as e:
+            return _overloaded("predict", e, start)
         digits = probs.argmax(axis=1)
         body = {
             "request_id": rid,
@@ -242,7 +252,7 @@ def create_app(make_service) -> FastAPI:
         start = time.perf_counter()
         try:
             payload = protocol._json(await request.body())
-            rid, digit, index = _feedback_fields(payload)
+            rid, digit, index = protocol.parse_feedback(payload)
         except BadRequest as e:
             return _error("feedback", e, start)
         await run_in_threadpool(store_feedback, request.app.state.svc.log.engine, rid, index,
@@ -314,46 +324,3 @@ def create_app(make_service) -> FastAPI:
         return Response(body, media_type=content_type)
 
     return app
-
-
-def _normalise(blobs: list[tuple[str, bytes]]) -> np.ndarray:
-    """Uploaded images as ``pipeline.predict`` normalises files: (N, 28, 28) float32."""
-    try:
-        out = [imaging.to_mnist(imaging.image_from_bytes(data, name)) for name, data in blobs]
-    except DataError as e:
-        raise BadRequest(str(e)) from None
-    return np.stack(out).astype(np.float32)
-
-
-def _feedback_fields(payload: Any) -> tuple[str, int, int]:
-    if not isinstance(payload, dict) or "request_id" not in payload or "digit" not in payload:
-        raise BadRequest('expected {"request_id": "...", "digit": 0-9} (and "index" if the '
-                         "request had several images)")  # fmt: skip
-    rid, digit, index = payload["request_id"], payload["digit"], payload.get("index", 0)
-    if not isinstance(rid, str) or not 1 <= len(rid) <= 36:
-        raise BadRequest("request_id must be the X-Request-Id of a prediction")
-    if type(digit) is not int or not 0 <= digit <= 9:
-        raise BadRequest(f"digit must be a whole number 0-9, got {digit!r}")
-    if type(index) is not int or index < 0:
-        raise BadRequest(f"index must be a whole number >= 0, got {index!r}")
-    return rid, digit, index
-
-
-def verify_webhook(headers, body: bytes, secret: str, now: float | None = None) -> str | None:
-    """Why an MLflow webhook delivery is refused, or None if its signature holds.
-
-    MLflow (>= 3.3) signs ``<delivery id>.<timestamp>.<payload>`` with HMAC-SHA256 of the
-    webhook's secret, sent as ``X-MLflow-Signature: v1,<base64>``."""
-    if not secret:
-        return f"no webhook secret configured ({WEBHOOK_SECRET_ENV})"
-    signature = headers.get("x-mlflow-signature", "")
-    delivery, stamp = headers.get("x-mlflow-delivery-id", ""), headers.get("x-mlflow-timestamp", "")
-    if not (signature.startswith("v1,") and delivery and stamp.isdigit()):
-        return "missing or malformed X-MLflow-Signature / Delivery-Id / Timestamp headers"
-    if abs((now or time.time()) - int(stamp)) > WEBHOOK_MAX_AGE_S:
-        return "timestamp too old or in the future"
-    signed = f"{delivery}.{stamp}.".encode() + body
-    expected = base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest())
-    if not hmac.compare_digest(expected.decode(), signature[3:]):
-        return "bad signature"
-    return None

@@ -10,10 +10,14 @@ current version serving, with one WARNING line and ``serve_model_reloads_total{r
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,9 @@ from pipeline.core.inference import NumpyModel, UnsupportedModel
 from pipeline.serve import metrics
 
 log = logging.getLogger(__name__)
+
+WEBHOOK_SECRET_ENV = "SERVE_WEBHOOK_SECRET"
+WEBHOOK_MAX_AGE_S = 300  # a signed delivery older than this is refused (replays)
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) float32 0-255 -> (N, 10)
 
@@ -137,3 +144,23 @@ class Champion:
             self._wake.clear()
             if not self._stop.is_set():
                 self.check()
+
+
+def verify_webhook(headers, body: bytes, secret: str, now: float | None = None) -> str | None:
+    """Why an MLflow webhook delivery is refused, or None if its signature holds.
+
+    MLflow (>= 3.3) signs ``<delivery id>.<timestamp>.<payload>`` with HMAC-SHA256 of the
+    webhook's secret, sent as ``X-MLflow-Signature: v1,<base64>``."""
+    if not secret:
+        return f"no webhook secret configured ({WEBHOOK_SECRET_ENV})"
+    signature = headers.get("x-mlflow-signature", "")
+    delivery, stamp = headers.get("x-mlflow-delivery-id", ""), headers.get("x-mlflow-timestamp", "")
+    if not (signature.startswith("v1,") and delivery and stamp.isdigit()):
+        return "missing or malformed X-MLflow-Signature / Delivery-Id / Timestamp headers"
+    if abs((now or time.time()) - int(stamp)) > WEBHOOK_MAX_AGE_S:
+        return "timestamp too old or in the future"
+    signed = f"{delivery}.{stamp}.".encode() + body
+    expected = base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest())
+    if not hmac.compare_digest(expected.decode(), signature[3:]):
+        return "bad signature"
+    return None

@@ -3,71 +3,75 @@ answered, off the request path.
 
 SQLite (default: ``predictions.db`` at the project root) or PostgreSQL
 (``PREDICTION_LOG_URL``, which several replicas share), and ``feedback`` for the true
-labels users send back (``POST /feedback``). Rows wait in a
-queue and a writer thread inserts them in batches every ``serve.log_flush_ms``;
+labels users send back (``POST /feedback``). A request hands its rows over as one lazy
+iterable (a deque append: no lock, no thread woken, no row built on the request path); a
+writer thread wakes every ``serve.log_flush_ms``, builds the rows and inserts them in
+batches;
 :meth:`PredictionLog.close` (at shutdown, SIGTERM included) writes every row still queued,
 so the log holds exactly the images answered.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
 
 from pipeline.core.errors import first_line
 from pipeline.core.predlog import LogError, count_rows, feedback, log_url, open_engine, predictions
+from pipeline.serve import metrics
 
 log = logging.getLogger(__name__)
 
 
 class PredictionLog:
-    """Rows queued by the request handlers, inserted in batches by one writer thread."""
+    """Rows handed over by the request handlers, inserted in batches by one writer thread."""
+
+    BATCH = 5_000  # rows an INSERT at most
 
     def __init__(self, engine: sa.Engine, flush_s: float) -> None:
         self.engine, self.flush_s = engine, flush_s
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        # deque.append/popleft are atomic: the event loop never waits on the writer
+        self._batches: collections.deque[Iterable[dict[str, Any]]] = collections.deque()
+        self._stop = threading.Event()
         self.written = 0
         self.failures = 0
         self._thread = threading.Thread(target=self._write_loop, name="prediction-log")
         self._thread.start()
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        """Queue rows (no I/O: the request never waits for the database)."""
-        for row in rows:
-            self._queue.put(row)
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Hand over a request's rows (no I/O; a generator is run by the writer thread)."""
+        self._batches.append(rows)
 
     def close(self) -> None:
-        """Write every queued row, then stop the writer."""
-        self._queue.put(None)
+        """Write every row handed over, then stop the writer."""
+        self._stop.set()
         self._thread.join()
         self.engine.dispose()
 
     def _write_loop(self) -> None:
         pending: list[dict[str, Any]] = []
-        stopping = False
-        while not stopping or pending:
-            deadline = time.monotonic() + self.flush_s
-            while not stopping:
-                try:
-                    row = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if row is None:
-                    stopping = True
-                else:
-                    pending.append(row)
-                if len(pending) >= 5_000:
-                    break
-            if pending and self._insert(pending):
-                self.written += len(pending)
-                pending = []
-            elif pending and stopping and self.failures > 20:  # the database is gone
-                log.error("prediction log: %d rows could not be written", len(pending))
+        while True:
+            stopping = self._stop.wait(self.flush_s)
+            while self._batches or pending:
+                while self._batches and len(pending) < self.BATCH:
+                    pending.extend(self._batches.popleft())
+                if self._insert(pending):
+                    self.written += len(pending)
+                    metrics.LOG_ROWS.inc(len(pending))
+                    pending = []
+                elif not stopping:
+                    break  # kept, and tried again at the next flush
+                elif self.failures > 20:  # stopping, and the database is gone
+                    left = len(pending) + sum(len(list(b)) for b in self._batches)
+                    log.error("prediction log: %d rows could not be written", left)
+                    return
+            if stopping:
                 return
 
     def _insert(self, rows: list[dict[str, Any]]) -> bool:

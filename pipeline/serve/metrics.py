@@ -8,6 +8,7 @@ their counters and histograms, so ``GET /metrics`` on any worker reports the ser
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,7 +34,8 @@ BATCH = Histogram(
     "serve_batch_size_images", "Images per forward pass (across concurrent requests)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )  # fmt: skip
-PREDICTIONS = Counter("serve_predictions_total", "Images answered, by predicted digit", ["digit"])
+PREDICTIONS = Counter("serve_predictions_total", "Images predicted, by digit", ["digit"])
+_DIGITS = [PREDICTIONS.labels(digit=str(d)) for d in range(10)]  # (labels() takes a lock)
 VERSION = Gauge(
     "serve_model_version", "The registered model version being served",
     multiprocess_mode="livemax",
@@ -41,6 +43,17 @@ VERSION = Gauge(
 RELOADS = Counter(
     "serve_model_reloads_total", "Attempts to follow the alias to a new version, by result",
     ["result"],
+)  # fmt: skip
+QUEUE = Gauge(
+    "serve_queue_images", "Images waiting for a forward pass", multiprocess_mode="livesum"
+)
+QUEUE_WAIT = Histogram(
+    "serve_queue_wait_seconds", "Time a request waited in the queue for its batch",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)  # fmt: skip
+REJECTED = Counter(
+    "serve_rejected_total", "Requests refused with 503 by the admission bounds, by reason",
+    ["reason"],
 )  # fmt: skip
 LOG_ROWS = Counter("serve_prediction_log_rows_total", "Rows written to the prediction log")
 
@@ -61,5 +74,21 @@ def count_digits(digits) -> None:
     """Add a batch's predicted digits to ``serve_predictions_total``."""
     import numpy as np
 
-    for digit, n in zip(*np.unique(digits, return_counts=True), strict=True):
-        PREDICTIONS.labels(digit=str(int(digit))).inc(int(n))
+    for digit, n in enumerate(np.bincount(np.asarray(digits, np.int64), minlength=10).tolist()):
+        if n:
+            _DIGITS[digit].inc(n)
+
+
+_requests: dict[tuple[str, str], Any] = {}
+_latency: dict[str, Any] = {}
+
+
+def answered(endpoint: str, status: int, seconds: float) -> None:
+    """Count a request and observe its latency (the labelled children are looked up once)."""
+    key = (endpoint, str(status))
+    if (requests := _requests.get(key)) is None:
+        requests = _requests[key] = REQUESTS.labels(endpoint=endpoint, status=key[1])
+    if (latency := _latency.get(endpoint)) is None:
+        latency = _latency[endpoint] = LATENCY.labels(endpoint=endpoint)
+    requests.inc()
+    latency.observe(seconds)

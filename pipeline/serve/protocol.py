@@ -16,11 +16,15 @@ Every bad request raises :class:`BadRequest`: a 4xx status and one line.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
+
+from pipeline.core import imaging
+from pipeline.core.errors import DataError
 
 SIDE = 28
 V2_DATATYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
@@ -223,25 +227,49 @@ def v2_metadata(name: str, version: str, engine: str) -> dict[str, Any]:
     }
 
 
+def from_files(blobs: list[tuple[str, bytes]]) -> np.ndarray:
+    """Uploaded images as ``pipeline.predict`` normalises files: (N, 28, 28) float32."""
+    try:
+        out = [imaging.to_mnist(imaging.image_from_bytes(data, name)) for name, data in blobs]
+    except DataError as e:
+        raise BadRequest(str(e)) from None
+    return np.stack(out).astype(np.float32)
+
+
+def parse_feedback(payload: Any) -> tuple[str, int, int]:
+    """``POST /feedback``'s (request id, true digit, image index), or :class:`BadRequest`."""
+    if not isinstance(payload, dict) or "request_id" not in payload or "digit" not in payload:
+        raise BadRequest('expected {"request_id": "...", "digit": 0-9} (and "index" if the '
+                         "request had several images)")  # fmt: skip
+    rid, digit, index = payload["request_id"], payload["digit"], payload.get("index", 0)
+    if not isinstance(rid, str) or not 1 <= len(rid) <= 36:
+        raise BadRequest("request_id must be the X-Request-Id of a prediction")
+    if type(digit) is not int or not 0 <= digit <= 9:
+        raise BadRequest(f"digit must be a whole number 0-9, got {digit!r}")
+    if type(index) is not int or index < 0:
+        raise BadRequest(f"index must be a whole number >= 0, got {index!r}")
+    return rid, digit, index
+
+
 def log_rows(
     x: np.ndarray, probs: np.ndarray, request_id: str, endpoint: str, version: str,
     ts: Any, latency_ms: float, pixels: bool,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """One prediction-log row per image."""
+) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """One prediction-log row per image (a generator: the log's writer thread runs it)."""
     digits = probs.argmax(axis=1)
+    top = probs[np.arange(len(probs)), digits].tolist()
+    rounded = probs.astype(np.float64).round(7).tolist()
     raw = np.clip(np.rint(x), 0, 255).astype(np.uint8) if pixels else None
-    return [
-        {
+    for i, digit in enumerate(digits.tolist()):
+        yield {
             "request_id": request_id,
             "position": i,
             "ts": ts,
             "endpoint": endpoint,
             "model_version": version,
-            "digit": int(digits[i]),
-            "probability": float(probs[i, digits[i]]),
-            "probabilities": [round(float(p), 7) for p in probs[i]],
+            "digit": digit,
+            "probability": top[i],
+            "probabilities": rounded[i],
             "pixels": raw[i].tobytes() if raw is not None else None,
             "latency_ms": latency_ms,
         }
-        for i in range(len(x))
-    ]

@@ -23,6 +23,7 @@ class Answer:
     version: str | None
     body: bytes
     sent_at: float  # seconds since the load started
+    retry_after: str | None = None  # the Retry-After header of a 503
 
 
 @dataclass
@@ -71,12 +72,13 @@ async def _drive(
                     async with session.post(target, data=body(i), headers=headers) as resp:
                         data = await resp.read()
                         status, version = resp.status, resp.headers.get("X-Model-Version")
+                        retry = resp.headers.get("Retry-After")
                 except (aiohttp.ClientError, TimeoutError) as e:
-                    status, version, data = 0, None, repr(e).encode()
+                    status, version, data, retry = 0, None, repr(e).encode(), None
                 t1 = time.perf_counter()
-                load.answers.append(
-                    Answer(status, t1 - t0, version, data if keep_body else b"", t0 - start)
-                )
+                load.answers.append(Answer(
+                    status, t1 - t0, version, data if keep_body else b"", t0 - start, retry
+                ))  # fmt: skip
                 if pause_s:
                     await asyncio.sleep(pause_s)
 

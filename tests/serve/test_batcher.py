@@ -75,3 +75,70 @@ def test_a_request_alone_waits_at_most_max_wait():
         return waited
 
     assert asyncio.run(main()) < 0.5
+
+
+def test_past_max_queue_a_request_is_refused_at_once_and_the_rest_answered():
+    import pytest
+
+    from pipeline.serve.batcher import Overloaded
+
+    calls: list = []
+    v1 = fake("1", calls)
+
+    async def main():
+        batcher = Batcher(max_batch=4, max_wait_ms=0, max_queue=10)
+        batcher.start()
+        # 12 images arrive at once: the first 10 wait, the 11th and 12th are over the bound
+        outs = await asyncio.gather(
+            *(batcher.predict(images(2, 2 * i), v1) for i in range(6)), return_exceptions=True
+        )
+        assert batcher.waiting == 0
+        await batcher.stop()
+        return outs
+
+    outs = asyncio.run(main())
+    assert [type(o) for o in outs] == [np.ndarray] * 5 + [Overloaded]
+    assert outs[-1].reason == "queue_full" and "serve.max_queue 10" in str(outs[-1])
+    assert sum(n for _, n in calls) == 10
+    with pytest.raises(Overloaded):  # a zero-image probe before the body is parsed
+        b = Batcher(max_batch=4, max_wait_ms=0, max_queue=1)
+        b.waiting = 1
+        b.admit()
+
+
+def test_a_request_that_waited_past_max_queue_ms_is_refused_not_computed():
+    from pipeline.serve.batcher import Overloaded
+
+    calls: list = []
+
+    def slow(x):
+        import time
+
+        time.sleep(0.1)  # one forward pass takes longer than the wait bound
+        calls.append(len(x))
+        return np.zeros((len(x), 10), np.float32)
+
+    model = Loaded("m", "1", "run", "numpy", slow)
+
+    async def main():
+        batcher = Batcher(max_batch=1, max_wait_ms=0, max_queue_ms=30)
+        batcher.start()
+        outs = await asyncio.gather(
+            *(batcher.predict(images(1, i), model) for i in range(3)), return_exceptions=True
+        )
+        # the forward pass is now measured (~10 images/s): behind 1 image, ~100 ms of wait
+        batcher.admit(1000)  # an empty queue admits anything
+        batcher.waiting = 1
+        try:
+            batcher.admit(1)
+            expected = None
+        except Overloaded as e:
+            expected = e.reason
+        batcher.waiting = 0
+        await batcher.stop()
+        return outs, expected
+
+    outs, expected = asyncio.run(main())
+    assert isinstance(outs[0], np.ndarray)  # the first went straight to the forward pass
+    assert [o.reason for o in outs[1:]] == ["waited", "waited"]  # 100 ms > 30 ms
+    assert calls == [1] and expected == "expected_wait"

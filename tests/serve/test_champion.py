@@ -15,6 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from pipeline.serve.champion import verify_webhook
 from pipeline.testing.load import drive
 from pipeline.testing.project import clone_of, run, scoring_service, set_params, stage_env
 from tests.stores import mlflow_client
@@ -181,3 +182,12 @@ def test_an_mlflow_webhook_from_the_team_server_swaps_at_once(smoke_project, tmp
             served = service.log.read()
     assert seen == str(second.version) and waited < 15, (seen, waited, served[-2000:])
     assert f"now serving v{second.version}" in served
+
+
+def test_verify_webhook_rules():
+    headers = {"x-mlflow-signature": "v1,AAAA", "x-mlflow-delivery-id": "d",
+               "x-mlflow-timestamp": "100"}  # fmt: skip
+    assert "secret" in verify_webhook(headers, b"{}", "")
+    assert "old" in verify_webhook(headers, b"{}", "s", now=100 + 301)
+    assert verify_webhook(headers, b"{}", "s", now=100) == "bad signature"
+    assert "malformed" in verify_webhook({}, b"{}", "s")

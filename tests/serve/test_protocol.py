@@ -69,10 +69,10 @@ def test_answers_and_log_rows():
     assert v2["model_version"] == "4" and v2["outputs"][0]["shape"] == [2, 10]
     assert len(v2["outputs"][0]["data"]) == 20
     x = np.full((2, 28, 28), 254.6, np.float32)
-    rows = log_rows(x, probs, "r", "invocations", "4", "t", 1.5, pixels=True)
+    rows = list(log_rows(x, probs, "r", "invocations", "4", "t", 1.5, pixels=True))
     assert [r["digit"] for r in rows] == [3, 7] and [r["position"] for r in rows] == [0, 1]
     assert rows[0]["pixels"] == bytes([255]) * 784 and rows[1]["probability"] == pytest.approx(0.55)
-    assert log_rows(x, probs, "r", "v2", "4", "t", 1.5, pixels=False)[0]["pixels"] is None
+    assert next(log_rows(x, probs, "r", "v2", "4", "t", 1.5, pixels=False))["pixels"] is None
 
 
 def _binary(x: np.ndarray, datatype: str = "UINT8", **request) -> tuple[bytes, str]:
