@@ -1,4 +1,4 @@
-"""Team server: PostgreSQL store, proxied artifacts and accounts (`python -m pipeline.server`).
+"""Team server (`python -m pipeline.tracking_server`): PostgreSQL, proxied artifacts, accounts.
 
 One server per module (real PostgreSQL, real `mlflow server --app-name basic-auth` on
 127.0.0.1), shared by the tests; accounts: admin, alice and bob (EDIT), rita (READ).
@@ -22,7 +22,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import server as team
+from pipeline import tracking_server as team
 from pipeline.core.data import file_md5
 from pipeline.core.tracking import PREDICTIONS_ARTIFACT
 from pipeline.testing import postgres as pg
@@ -75,7 +75,7 @@ def server_env(**env: str) -> dict[str, str]:
 
 
 def server_cmd(port: int) -> list[str]:
-    return [sys.executable, "-m", "pipeline.server", "--host", "127.0.0.1", "--port",
+    return [sys.executable, "-m", "pipeline.tracking_server", "--host", "127.0.0.1", "--port",
             str(port), "--workers", "2"]  # fmt: skip
 
 
@@ -124,7 +124,7 @@ def test_server_exits_with_one_line_when_postgresql_is_down(postgres, tmp_path):
 
 @pytest.fixture(scope="module")
 def team_server(postgres, tmp_path_factory, smoke_project):
-    """`python -m pipeline.server` on PostgreSQL with the four accounts."""
+    """`python -m pipeline.tracking_server` on PostgreSQL with the four accounts."""
     work = tmp_path_factory.mktemp("team-server")
     (work / "admin-password").write_text(PASSWORDS["admin"] + "\n")
     (work / "admin-password").chmod(0o600)
@@ -140,7 +140,7 @@ def team_server(postgres, tmp_path_factory, smoke_project):
         # alice through the documented command; the others as MLflow's client does it
         # (the same calls, without starting Python twice more).
         (work / "alice").write_text(PASSWORDS["alice"] + "\n")
-        cmd = [sys.executable, "-m", "pipeline.server", "users", "add", "alice",
+        cmd = [sys.executable, "-m", "pipeline.tracking_server", "users", "add", "alice",
                "--permission", "edit", "--password-file", str(work / "alice")]  # fmt: skip
         run(cmd, smoke_project, client_env(uri, "admin"), timeout=120)
         with signed_in("admin"):
