@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands (`python -m pipeline.x`) must find the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup system-deps repro test test-fast lint format clean server ui serve monitor docs
+.PHONY: setup system-deps repro test test-fast lint format clean tracking-server ui serve monitor docs
 
 setup: $(STAMP)
 
@@ -50,8 +50,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
 # The team's tracking server (PostgreSQL + accounts); see docs/team.md.
-server: setup
-	$(BIN)/python -m pipeline.server $(SERVER_ARGS)
+tracking-server: setup
+	$(BIN)/python -m pipeline.tracking_server $(TRACKING_SERVER_ARGS)
 
 # The MLflow UI on this project's runs (local store, or MLFLOW_TRACKING_URI's server): prints
 # the URLs of the runs view, the comparison of the last runs and the model; Ctrl-C stops it.

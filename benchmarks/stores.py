@@ -10,7 +10,7 @@ process, Python and MLflow start-up included; median of ``--repeat``):
 
 - ``sqlite``: the default store, a SQLite file (``sqlite:///mlflow.db``);
 - ``postgresql``: the same runs in PostgreSQL, as a direct SQLAlchemy store;
-- ``team server``: that PostgreSQL database behind ``python -m pipeline.server``
+- ``team server``: that PostgreSQL database behind ``python -m pipeline.tracking_server``
   (HTTP, basic-auth account with EDIT), the team setup.
 
 PostgreSQL is a throwaway server (pipeline/testing/postgres.py), or ``--postgres-url`` (an empty
@@ -123,14 +123,15 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 def start_team_server(database: str, artifacts: Path) -> tuple[subprocess.Popen, str]:
-    """`python -m pipeline.server` on ``database``; an EDIT account ``bench``."""
+    """`python -m pipeline.tracking_server` on ``database``; an EDIT account ``bench``."""
     port = _free_port()
     env = base_env(
         MLFLOW_BACKEND_STORE_URI=database,
         MLFLOW_ARTIFACTS_DESTINATION=str(artifacts),
         MLFLOW_AUTH_ADMIN_PASSWORD=PASSWORD,
     )
-    cmd = [sys.executable, "-m", "pipeline.server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "pipeline.tracking_server", "--host", "127.0.0.1",
+           "--port", str(port)]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
@@ -140,9 +141,9 @@ def start_team_server(database: str, artifacts: Path) -> tuple[subprocess.Popen,
             return proc, uri
         except OSError:
             if proc.poll() is not None:
-                raise SystemExit("pipeline.server did not start") from None
+                raise SystemExit("pipeline.tracking_server did not start") from None
             time.sleep(0.5)
-    raise SystemExit("pipeline.server did not answer within 150 s")
+    raise SystemExit("pipeline.tracking_server did not answer within 150 s")
 
 
 def main() -> None:
@@ -190,7 +191,7 @@ def main() -> None:
             # it, so the server's first register does the same work as the others.
             (tmp / "pw").write_text(PASSWORD + "\n")
             subprocess.run(
-                [sys.executable, "-m", "pipeline.server", "users", "add", "bench",
+                [sys.executable, "-m", "pipeline.tracking_server", "users", "add", "bench",
                  "--permission", "edit", "--password-file", str(tmp / "pw")],
                 cwd=ROOT, env=admin, check=True, capture_output=True,
             )  # fmt: skip

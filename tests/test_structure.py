@@ -7,7 +7,7 @@ Rules, each reported in full (every offender, not the first one):
   ``__init__.py``, ``__main__.py`` and the test helpers in ``pipeline/testing/``.
 - **No upward imports.** The layers, bottom up: ``pipeline.core`` (shared parts), the
   *stages* (the ``python -m pipeline.<name>`` commands of dvc.yaml) and the *commands*
-  (every other ``pipeline.<name>``: compare, lineage, predict, server, tune). So
+  (every other ``pipeline.<name>``: compare, lineage, predict, tracking_server, tune). So
   ``pipeline.core`` imports no stage or command, no stage imports another stage, no command
   imports a stage, and no pipeline module imports ``pipeline.testing`` (the tests' helpers).
 - **No import cycles** among pipeline modules, counting imports inside functions (the lazy

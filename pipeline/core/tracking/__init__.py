@@ -4,7 +4,7 @@
   server), fail-fast probes of a server and its credentials, one-line MLflow errors;
 - :mod:`.runs`: runs, their params, metrics, datasets, artifacts and logged model;
 - :mod:`.registry`: registered versions, their tags, descriptions and aliases;
-- :mod:`.accounts`: accounts on the team server (``pipeline.server users add``).
+- :mod:`.accounts`: accounts on the team server (``pipeline.tracking_server users add``).
 
 Git and DVC provenance (what goes into a run's tags) is :mod:`pipeline.core.provenance`,
 which needs no MLflow.

@@ -1,4 +1,4 @@
-"""Accounts on a server started by ``pipeline.server`` (MLflow's basic-auth app)."""
+"""Accounts on a server started by ``pipeline.tracking_server`` (MLflow's basic-auth app)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,6 @@ def add_user(
         if "users/create failed with error code 404" in str(e):  # no basic-auth app there
             raise TrackingError(
                 f"cannot set up user {username}: the tracking server has no accounts "
-                "(start it with python -m pipeline.server)"
+                "(start it with python -m pipeline.tracking_server)"
             ) from None
         raise TrackingError(f"cannot set up user {username}: {error_line(e)}") from None

@@ -3,7 +3,7 @@
 Default store: SQLite ``mlflow.db`` with artifacts in ``mlartifacts/``, both at the root of
 the *main* workspace — also when DVC runs an experiment in a temporary copy under
 ``.dvc/tmp/exps/`` — so workspace runs, ``dvc exp run`` and queued experiments all land in
-one store. ``MLFLOW_TRACKING_URI`` overrides it (e.g. the team's ``pipeline.server``).
+one store. ``MLFLOW_TRACKING_URI`` overrides it (e.g. the team's ``pipeline.tracking_server``).
 """
 
 from __future__ import annotations
@@ -195,7 +195,8 @@ def _auth_problem(e: BaseException) -> str:
         return f"tracking server {uri} refused the credentials for user {user} (HTTP 401)"
     return (
         f"permission denied (HTTP 403): user {user} lacks the permission{where} on "
-        f"tracking server {uri}; an admin can grant it (python -m pipeline.server users add)"
+        f"tracking server {uri}; an admin can grant it "
+        "(python -m pipeline.tracking_server users add)"
     )
 
 

@@ -29,8 +29,9 @@ def test_add_user_on_a_server_without_accounts_fails_in_one_line(server_uri):
     assert "\n" not in message
     assert "pw-12345678" not in message
     # the server has no users/create endpoint (HTTP 404): said as what it means
-    assert "the tracking server has no accounts (start it with python -m pipeline.server)" in (
-        message
-    ), message
+    expected = (
+        "the tracking server has no accounts (start it with python -m pipeline.tracking_server)"
+    )
+    assert expected in message, message
     # connect() ran first: the experiment exists, the server itself worked
     assert mlflow.MlflowClient(tracking_uri=server_uri).get_experiment_by_name("exp")

@@ -1,4 +1,4 @@
-"""``python -m pipeline.server``: the team's MLflow tracking server, and its accounts.
+"""``python -m pipeline.tracking_server``: the team's MLflow tracking server, and its accounts.
 
 Start it (binds 127.0.0.1 unless ``--host`` says otherwise; TLS belongs in a reverse proxy)::
 
@@ -6,7 +6,7 @@ Start it (binds 127.0.0.1 unless ``--host`` says otherwise; TLS belongs in a rev
     PGPASSWORD="$(cat ~/.config/mlflow-db-password)" \\
     MLFLOW_ARTIFACTS_DESTINATION=s3://bucket/mlflow \\
     MLFLOW_AUTH_ADMIN_PASSWORD_FILE=~/.config/mlflow-admin-password \\
-    python -m pipeline.server --port 5000
+    python -m pipeline.tracking_server --port 5000
 
 It is ``mlflow server --app-name basic-auth`` with artifacts proxied by the server; MLflow
 creates or upgrades the schema on start. The accounts live in PostgreSQL too (the same
@@ -18,7 +18,7 @@ Add an account with READ, EDIT or MANAGE on the experiment and the registered mo
 in params.yaml (as the admin: ``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_USERNAME``,
 ``MLFLOW_TRACKING_PASSWORD``; the new password from ``--password-file`` or a prompt)::
 
-    python -m pipeline.server users add alice --permission edit
+    python -m pipeline.tracking_server users add alice --permission edit
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def read_new_password(path: str | None) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tracking_server", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=5000)
