@@ -19,17 +19,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # What the full suite needs outside Python (Debian/Ubuntu): PostgreSQL's server binaries
-# for the team-server and sweep tests, Chromium for the real-browser UI test. .ci/run and
-# the pull-request workflow call it; it installs only what is missing.
+# for the team-server and sweep tests, Chromium for the real-browser UI test, Prometheus,
+# its Pushgateway and Fashion-MNIST for the alerting tests (docs/operations.md). .ci/run
+# and the pull-request workflow call it; it installs only what is missing, in one apt run.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
-		echo "PostgreSQL server not found: installing the postgresql package"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; \
-	fi
-	@if [ ! -x /usr/bin/chromium ] && [ ! -x /usr/bin/chromium-browser ]; then \
-		echo "Chromium not found: installing the chromium package"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; \
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	[ -x /usr/bin/chromium ] || [ -x /usr/bin/chromium-browser ] || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-pushgateway >/dev/null || missing="$$missing prometheus-pushgateway"; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
 repro: setup

@@ -21,7 +21,6 @@ seconds of one monitor run over 10,000 logged images (``--last 10000``, windows 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
@@ -35,9 +34,17 @@ import yaml
 from benchmarks.train_speed import machine_class
 from pipeline.core import robustness
 from pipeline.testing.load import drive
-from pipeline.testing.project import ROOT, SHARED_MNIST, copy_project, run, set_params, stage_env
+from pipeline.testing.project import (
+    FASHION,
+    ROOT,
+    SHARED_MNIST,
+    copy_project,
+    fashion_images,
+    run,
+    set_params,
+    stage_env,
+)
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")  # dpkg -L dataset-fashion-mnist
 WINDOW = 500
 
 
@@ -48,18 +55,6 @@ def champion(base: Path, env: dict[str, str]) -> Path:
     run(["git", "commit", "-qam", "fast recipe"], project)
     run(["dvc", "repro"], project, env, timeout=1800)
     return project
-
-
-def fashion_images() -> np.ndarray | None:
-    found = sorted(FASHION.rglob("t10k-images*")) if FASHION.exists() else []
-    if not found:
-        return None
-    raw = (
-        gzip.decompress(found[0].read_bytes())
-        if found[0].suffix == ".gz"
-        else found[0].read_bytes()
-    )
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
 
 
 def replay(url: str, x: np.ndarray) -> np.ndarray:

@@ -3,13 +3,15 @@ read from the prediction log; ``python -m pipeline.monitor export --out DIR``: t
 users labelled through ``POST /feedback``, as a prepared split.
 
     python -m pipeline.monitor [--last N | --since ISO-TIME] [--version V] [--window K]
-                               [--out monitor/] [--fail-on-drift]
+                               [--out monitor/] [--fail-on-drift] [--push URL]
 
 Writes ``report.json`` and ``report.html`` to ``--out``, logs a run to the MLflow experiment
 ``<tracking.experiment>-monitoring`` and tags the model version with the last status. An
 empty window, an unknown version or a log that cannot be reached: one line, exit 1.
 ``--fail-on-drift``: exit 3 when drift is detected or the estimated accuracy is more than
-``monitor.max_drop`` points below the validation accuracy (for cron or CI).
+``monitor.max_drop`` points below the validation accuracy (for cron or CI). ``--push URL``:
+the verdict goes to that Prometheus Pushgateway as gauges (:mod:`pipeline.monitor.push`),
+where the shipped alert rules read it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.inference import NumpyModel, UnsupportedModel
 from pipeline.core.params import Params, load_params
 from pipeline.core.predlog import latest_version, log_url, open_engine, read_window
-from pipeline.monitor import report
+from pipeline.monitor import push, report
 from pipeline.monitor.assess import assess
 
 log = logging.getLogger("pipeline.monitor")
@@ -48,6 +50,7 @@ def parse(argv: list[str] | None, params: Params) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=params.monitor.window)
     parser.add_argument("--out", type=Path, default=Path("monitor"))
     parser.add_argument("--fail-on-drift", action="store_true")
+    parser.add_argument("--push", metavar="URL", help="a Prometheus Pushgateway for the verdict")
     args = parser.parse_args(argv)
     if args.since is not None:
         try:
@@ -131,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     html = report.write(args.out, out, steps)
     log_run(params, out, steps, html)
     alert = _alert(out, cfg.max_drop)
+    if args.push:
+        push.push(args.push, out, cfg.max_drop)
+        log.info("verdict pushed to %s (job %s, model %s)", args.push, push.JOB, name)
     log.info("%s v%s, %d images: %s; report %s", name, version, out["images"],
              alert or "no drift, accuracy as on validation", html)  # fmt: skip
     if alert and args.fail_on_drift:

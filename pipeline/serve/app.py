@@ -152,8 +152,9 @@ def create_app(make_service) -> FastAPI:
             return None, None
         probs = await svc.batcher.predict(x, model)
         latency_ms = (time.perf_counter() - start) * 1000
-        svc.log.add(protocol.log_rows(x, probs, rid, endpoint, model.version, ts, latency_ms,
-                                      svc.log_pixels))  # fmt: skip
+        rows = protocol.log_rows(x, probs, rid, endpoint, model.version, ts, latency_ms,
+                                 svc.log_pixels)  # fmt: skip
+        svc.log.add(rows, len(x))
         return model, probs
 
     def _begin() -> tuple[float, datetime.datetime, str]:

@@ -39,14 +39,16 @@ class PredictionLog:
         # deque.append/popleft are atomic: the event loop never waits on the writer
         self._batches: collections.deque[Iterable[dict[str, Any]]] = collections.deque()
         self._stop = threading.Event()
-        self.written = 0
+        self.handed = 0  # rows handed over (the event loop's count)
+        self.written = 0  # rows written (the writer's)
         self.failures = 0
         self._thread = threading.Thread(target=self._write_loop, name="prediction-log")
         self._thread.start()
 
-    def add(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Hand over a request's rows (no I/O; a generator is run by the writer thread)."""
+    def add(self, rows: Iterable[dict[str, Any]], n: int) -> None:
+        """Hand over a request's ``n`` rows (no I/O; a generator is run by the writer)."""
         self._batches.append(rows)
+        self.handed += n
 
     def close(self) -> None:
         """Write every row handed over, then stop the writer."""
@@ -58,6 +60,7 @@ class PredictionLog:
         pending: list[dict[str, Any]] = []
         while True:
             stopping = self._stop.wait(self.flush_s)
+            metrics.LOG_BACKLOG.set(self.handed - self.written)
             while self._batches or pending:
                 while self._batches and len(pending) < self.BATCH:
                     pending.extend(self._batches.popleft())
@@ -81,6 +84,7 @@ class PredictionLog:
             return True
         except sa.exc.SQLAlchemyError as e:  # kept, and tried again at the next flush
             self.failures += 1
+            metrics.LOG_FAILURES.inc()
             log.warning("prediction log: %d rows wait: %s", len(rows), first_line(e))
             time.sleep(min(5.0, 0.1 * self.failures))
             return False

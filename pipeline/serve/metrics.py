@@ -55,7 +55,16 @@ REJECTED = Counter(
     "serve_rejected_total", "Requests refused with 503 by the admission bounds, by reason",
     ["reason"],
 )  # fmt: skip
+for _reason in ("queue_full", "expected_wait", "waited"):  # 0 before the first: rate() works
+    REJECTED.labels(reason=_reason)
 LOG_ROWS = Counter("serve_prediction_log_rows_total", "Rows written to the prediction log")
+LOG_BACKLOG = Gauge(
+    "serve_prediction_log_backlog_rows", "Rows answered but not yet in the prediction log",
+    multiprocess_mode="livesum",
+)  # fmt: skip
+LOG_FAILURES = Counter(
+    "serve_prediction_log_write_failures_total", "Failed writes to the prediction log (retried)"
+)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -16,6 +16,8 @@ from pipeline.core.params import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout this package was installed from
 SHARED_MNIST = ROOT.parent / "shared" / "mnist"
+# Traffic that is not digits: Fashion-MNIST in MNIST's format (Debian's dataset-fashion-mnist)
+FASHION = Path("/usr/share/datasets/fashion-mnist")
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -140,9 +142,10 @@ class Server:
         try:
             wait_http(self.health_url, self.proc)
         except BaseException as e:
-            self.__exit__()
             self.log.seek(0)
-            raise AssertionError(f"{e}\n--- server log\n{self.log.read()[-4000:]}") from None
+            output = self.log.read()[-4000:]
+            self.__exit__()
+            raise AssertionError(f"{e}\n--- server log\n{output}") from None
         return self.proc
 
     def __exit__(self, *exc: object) -> None:
@@ -224,3 +227,17 @@ def scoring_service(project: Path, env: dict[str, str] | None = None, *args: str
     server = Server(cmd, project, env or stage_env(), f"{url}/v2/health/ready")
     server.url, server.port = url, port
     return server
+
+
+def fashion_images():
+    """Fashion-MNIST's 10,000 test images, (N, 28, 28) uint8, or None if not installed."""
+    import gzip
+
+    import numpy as np
+
+    found = sorted(FASHION.rglob("t10k-images*")) if FASHION.exists() else []
+    if not found:
+        return None
+    raw = found[0].read_bytes()
+    raw = gzip.decompress(raw) if found[0].suffix == ".gz" else raw
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)

@@ -184,9 +184,10 @@ def metric(url: str, name: str) -> float:
 
 
 def test_past_capacity_requests_get_503_at_once_and_the_service_recovers(served):
-    """The shipped bounds (serve.max_queue 4096, serve.max_queue_ms 500): 48 clients of 128 images each want far
-    more than 2 cores compute; the excess gets 503 + Retry-After, counted by reason, every
-    200 is logged, and the next request after the load is answered."""
+    """The shipped bounds (serve.max_queue 4096, serve.max_queue_ms 500): 48 clients of 128
+    images each want far more than 2 cores compute; the excess gets 503 + Retry-After,
+    counted by reason, every 200 is logged, and the next request after the load is
+    answered."""
     from pipeline.serve.log import count_rows
     from pipeline.testing.load import drive
 

@@ -20,7 +20,7 @@ def row(i: int) -> dict:
 def test_every_queued_row_is_written_by_close(tmp_path):
     url = f"sqlite:///{tmp_path / 'predictions.db'}"
     plog = PredictionLog(open_engine(url), flush_s=10)  # no timed flush before close
-    plog.add([row(i) for i in range(1234)])
+    plog.add([row(i) for i in range(1234)], 1234)
     plog.close()
     assert plog.written == count_rows(url) == 1234
 
@@ -30,7 +30,7 @@ def test_rows_are_flushed_while_serving(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'predictions.db'}"
     plog = PredictionLog(open_engine(url), flush_s=0.05)
-    plog.add([row(1), row(2)])
+    plog.add([row(1), row(2)], 2)
     deadline = time.monotonic() + 5
     while count_rows(url) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
