@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 
 # What the full suite needs outside Python (Debian/Ubuntu): PostgreSQL's server binaries
 # for the team-server and sweep tests, Chromium for the real-browser UI test, Prometheus,
-# its Pushgateway and Fashion-MNIST for the alerting tests (docs/operations.md). .ci/run
+# its Pushgateway and Fashion-MNIST for the alerting tests, HAProxy for the rolling restart
+# (docs/operations.md). .ci/run
 # and the pull-request workflow call it; it installs only what is missing, in one apt run.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
@@ -30,6 +31,7 @@ system-deps:
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v prometheus-pushgateway >/dev/null || missing="$$missing prometheus-pushgateway"; \
 	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

@@ -119,6 +119,7 @@ class ServeParams:
     max_queue: int = _field(1)
     max_queue_ms: float = _field(0, 60_000, lo_open=True)
     max_body_mb: float = _field(0, 1_024, lo_open=True)
+    drain_s: float = _field(0, 600)
     log_url: str | None = _field()
     log_pixels: bool = _field()
     log_flush_ms: float = _field(1, 60_000)

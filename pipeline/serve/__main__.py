@@ -62,6 +62,28 @@ def worker_app():
     return BodyLimit(create_app(lambda: build_service(settings)), max_body)
 
 
+def draining_server(config, drain_s: float):
+    """uvicorn's server, whose SIGTERM first drains for ``drain_s``: readiness answers 503
+    (:data:`~pipeline.serve.app.DRAINING`) while requests are still answered, so a load
+    balancer's health check takes the replica out before it stops accepting; then
+    uvicorn's graceful stop (no new connections, the requests in flight answered)."""
+    import threading
+
+    import uvicorn
+
+    from pipeline.serve.app import DRAINING
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            if sig != signal.SIGTERM or drain_s <= 0 or DRAINING.is_set():
+                return super().handle_exit(sig, frame)
+            DRAINING.set()
+            log.info("SIGTERM: not ready any more; stopping in %g s (serve.drain_s)", drain_s)
+            threading.Timer(drain_s, super().handle_exit, (sig, frame)).start()
+
+    return _Server(config)
+
+
 def main(argv: list[str] | None = None) -> None:
     params = load_params()
     parser = argparse.ArgumentParser(prog="python -m pipeline.serve", description=__doc__)
@@ -104,12 +126,13 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(sig, lambda *_: None)
     import uvicorn
 
+    kwargs = dict(host=args.host, port=args.port, log_config=None, access_log=False,
+                  timeout_graceful_shutdown=30, lifespan="on")  # fmt: skip
     try:
-        uvicorn.run(
-            app, factory=args.workers > 1, host=args.host,
-            port=args.port, workers=args.workers, log_config=None, access_log=False,
-            timeout_graceful_shutdown=30, lifespan="on",
-        )  # fmt: skip
+        if args.workers > 1:  # uvicorn's supervisor: SIGTERM stops each worker at once
+            uvicorn.run(app, factory=True, workers=args.workers, **kwargs)
+        else:
+            draining_server(uvicorn.Config(app, **kwargs), cfg.drain_s).run()
     finally:
         if built:  # uvicorn never started it (a busy port): stop its threads
             svc = built.pop()

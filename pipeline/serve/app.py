@@ -10,6 +10,7 @@ import datetime
 import importlib.metadata
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +31,9 @@ from pipeline.serve.log import PredictionLog, store_feedback
 from pipeline.serve.protocol import BadRequest
 
 log = logging.getLogger(__name__)
+# Set on SIGTERM (pipeline.serve's drain): readiness answers 503 while requests are still
+# answered, so a load balancer stops sending before the process stops accepting.
+DRAINING = threading.Event()
 
 try:  # GET /v2 names the server's version
     SERVER_VERSION = importlib.metadata.version("lenet5-mnist-mlops")
@@ -281,9 +285,9 @@ def create_app(make_service) -> FastAPI:
     @app.get("/health")
     async def ready(request: Request) -> Response:
         svc = getattr(request.app.state, "svc", None)
-        ok = svc is not None and svc.champion.current is not None
-        return Response(orjson.dumps({"ready": ok}), 200 if ok else 503,
-                        media_type="application/json")  # fmt: skip
+        ok = svc is not None and svc.champion.current is not None and not DRAINING.is_set()
+        body = {"ready": ok, **({"draining": True} if DRAINING.is_set() else {})}
+        return Response(orjson.dumps(body), 200 if ok else 503, media_type="application/json")
 
     def _v2_error(e: BadRequest) -> Response:
         return Response(orjson.dumps({"error": str(e)}), e.status, media_type="application/json")
@@ -305,7 +309,7 @@ def create_app(make_service) -> FastAPI:
 
     async def model_ready(request: Request, name: str, version: str | None = None):
         svc: Service | None = getattr(request.app.state, "svc", None)
-        if svc is None or svc.champion.current is None:
+        if svc is None or svc.champion.current is None or DRAINING.is_set():
             return Response(orjson.dumps({"name": name, "ready": False}), 503,
                             media_type="application/json")  # fmt: skip
         unknown = _unknown(svc, name, version)

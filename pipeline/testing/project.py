@@ -82,7 +82,12 @@ def set_params(project: Path, **changes: object) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-SMOKE = {"train__max_samples": 2000, "train__epochs": 2, "train__batch_size": 128}
+SMOKE = {
+    "train__max_samples": 2000,
+    "train__epochs": 2,
+    "train__batch_size": 128,
+    "serve__drain_s": 0,
+}  # (test services stop at once; tests/serve/test_main.py drains)
 # The stages that log to MLflow: what a test of a tracking store reruns (`dvc repro -f -s`);
 # download and preprocess never see the store.
 TRACKED_STAGES = ("train", "evaluate", "register")
@@ -218,10 +223,12 @@ def reference_params(changes: dict[str, object] | None = None) -> Params:
     return params.with_values(changes) if changes else params
 
 
-def scoring_service(project: Path, env: dict[str, str] | None = None, *args: str) -> Server:
-    """``python -m pipeline.serve`` on a free port of 127.0.0.1 in ``project`` (``.url``,
-    ``.port``); ready when ``/v2/health/ready`` answers 200."""
-    port = free_port()
+def scoring_service(
+    project: Path, env: dict[str, str] | None = None, *args: str, port: int | None = None
+) -> Server:
+    """``python -m pipeline.serve`` on ``port`` (default: a free one) of 127.0.0.1 in
+    ``project`` (``.url``, ``.port``); ready when ``/v2/health/ready`` answers 200."""
+    port = port or free_port()
     cmd = [sys.executable, "-m", "pipeline.serve", "--port", str(port), *args]
     url = f"http://127.0.0.1:{port}"
     server = Server(cmd, project, env or stage_env(), f"{url}/v2/health/ready")

@@ -1,0 +1,76 @@
+"""``python -m pipeline.serve`` run as a team runs it: two replicas behind a real HAProxy
+(the shipped docs/operations/haproxy.cfg), one PostgreSQL prediction log, each replica
+restarted in turn under load."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from pipeline.serve.log import count_rows
+from pipeline.testing.haproxy import haproxy, missing
+from pipeline.testing.load import drive
+from pipeline.testing.project import clone_of, free_port, scoring_service, set_params, stage_env
+
+pytestmark = pytest.mark.slow
+
+
+def ready(url: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_a_rolling_restart_behind_haproxy_fails_no_request_and_logs_every_answer(
+    smoke_project, postgres, tmp_path
+):
+    """SIGTERM makes a replica report not ready at once while it still answers (serve.
+    drain_s), HAProxy's health check takes it out, it stops and starts again; then the
+    other. Under load all along: every request answered 200, and the shared log holds one
+    row per image answered."""
+    if missing():
+        reason = "haproxy not installed: make system-deps"
+        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+    project = clone_of(smoke_project, tmp_path / "p")
+    set_params(project, serve__drain_s=1.5)
+    env = stage_env(PREDICTION_LOG_URL=postgres.create_database("rolling"))
+    with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
+        x = z["x"][:200]
+    bodies = [json.dumps({"inputs": x[i : i + 1 + i % 5].tolist()}).encode() for i in range(100)]
+    ports = [free_port(), free_port()]
+    with contextlib.ExitStack() as stack:
+        replicas = [scoring_service(project, env, port=p) for p in ports]
+        procs = [stack.enter_context(r) for r in replicas]
+        lb = haproxy(tmp_path, ports)
+        stack.enter_context(lb)
+        stop, result = threading.Event(), {}
+        loader = threading.Thread(target=lambda: result.setdefault("load", drive(
+            f"{lb.url}/invocations", lambda i: bodies[i % 100], concurrency=8, seconds=60,
+            keep_body=True, stop=stop)))  # fmt: skip
+        loader.start()
+        time.sleep(1.5)
+        for i, port in enumerate(ports):
+            procs[i].send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            assert procs[i].poll() is None and ready(replicas[i].url) == 503  # draining...
+            assert procs[i].wait(timeout=30) == 0  # ...then stopped, its rows written
+            replicas[i] = scoring_service(project, env, port=port)
+            procs[i] = stack.enter_context(replicas[i])
+            time.sleep(1.5)  # HAProxy's checks (rise 2, every 500 ms) take it back
+        stop.set()
+        loader.join(timeout=60)
+    load = result["load"]
+    failed = [(a.status, a.body[:200]) for a in load.answers if a.status != 200]
+    assert len(load.answers) > 200 and not failed, failed[:5]
+    images = sum(len(json.loads(a.body)["predictions"]) for a in load.answers)
+    assert count_rows(env["PREDICTION_LOG_URL"]) == images
