@@ -58,6 +58,7 @@ MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 OPTUNA_DB = "optuna.db"
 PREDICTIONS_DB = "predictions.db"  # python -m pipeline.serve's prediction log (SQLite default)
+SERVE_SPOOL = ".serve-spool"  # its rows on local disk before the answer (serve.spool_dir default)
 
 _EXPS_TMP = (".dvc", "tmp", "exps")  # where `dvc exp run --temp` and queues copy the repo
 

@@ -123,6 +123,7 @@ class ServeParams:
     log_url: str | None = _field()
     log_pixels: bool = _field()
     log_flush_ms: float = _field(1, 60_000)
+    spool_dir: str | None = _field()
 
 
 @dataclass(frozen=True)

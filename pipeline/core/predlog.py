@@ -45,6 +45,15 @@ feedback = sa.Table(
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
 )
 
+# How far each spool segment of pipeline.serve has been written into ``predictions``,
+# updated in the same transaction as the rows: a replayed segment never writes a row twice.
+spool_progress = sa.Table(
+    "spool_progress",
+    metadata,
+    sa.Column("segment", sa.String(128), primary_key=True),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+)
+
 
 class LogError(PipelineError):
     """The prediction log cannot be opened or written."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from pipeline.core import tracking
 from pipeline.core.cli import run
 from pipeline.core.errors import PipelineError, redact
+from pipeline.core.layout import SERVE_SPOOL, project_root
 from pipeline.core.params import ServeParams, load_params
 
 log = logging.getLogger("pipeline.serve")
@@ -33,7 +34,7 @@ def build_service(settings: dict):
     from pipeline.serve.app import Service
     from pipeline.serve.batcher import Batcher
     from pipeline.serve.champion import Champion
-    from pipeline.serve.log import PredictionLog, open_engine
+    from pipeline.serve.log import PredictionLog, Spool, open_engine
 
     tracking.use_store()
     cfg = settings["serve"]
@@ -42,7 +43,7 @@ def build_service(settings: dict):
     engine = open_engine(settings["log_url"])
     return Service(
         champion=champion,
-        log=PredictionLog(engine, cfg["log_flush_ms"] / 1000),
+        log=PredictionLog(engine, cfg["log_flush_ms"] / 1000, Spool(Path(settings["spool"]))),
         batcher=Batcher(
             cfg["max_batch"], cfg["max_wait_ms"], cfg["max_queue"], cfg["max_queue_ms"]
         ),
@@ -106,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
             f"nothing to serve: {tracking.why_no_champion(name, alias, params.tracking.experiment)}"
         )
     tmp = tempfile.mkdtemp(prefix="pipeline-serve-")
-    settings = {"serve": cfg.__dict__, "name": name, "alias": alias, "log_url": url, "tmp": tmp}
+    spool = Path(cfg.spool_dir) if cfg.spool_dir else project_root() / SERVE_SPOOL
+    settings = {"serve": cfg.__dict__, "name": name, "alias": alias, "log_url": url, "tmp": tmp,
+                "spool": str(spool.resolve())}  # fmt: skip
     os.environ[SETTINGS_ENV] = json.dumps(settings)
     built = None
     if args.workers > 1:  # each worker process builds its own service (worker_app)

@@ -156,9 +156,9 @@ def create_app(make_service) -> FastAPI:
             return None, None
         probs = await svc.batcher.predict(x, model)
         latency_ms = (time.perf_counter() - start) * 1000
-        rows = protocol.log_rows(x, probs, rid, endpoint, model.version, ts, latency_ms,
-                                 svc.log_pixels)  # fmt: skip
-        svc.log.add(rows, len(x))
+        meta = {"id": rid, "endpoint": endpoint, "version": model.version,
+                "ts": ts.isoformat(), "latency_ms": latency_ms}  # fmt: skip
+        svc.log.add(x, probs, meta, svc.log_pixels)  # in the spool before the answer leaves
         return model, probs
 
     def _begin() -> tuple[float, datetime.datetime, str]:

@@ -62,6 +62,9 @@ LOG_BACKLOG = Gauge(
     "serve_prediction_log_backlog_rows", "Rows answered but not yet in the prediction log",
     multiprocess_mode="livesum",
 )  # fmt: skip
+LOG_DROPPED = Counter(
+    "serve_log_dropped_total", "Images answered but not logged: the spool could not take them"
+)
 LOG_FAILURES = Counter(
     "serve_prediction_log_write_failures_total", "Failed writes to the prediction log (retried)"
 )

@@ -16,7 +16,6 @@ Every bad request raises :class:`BadRequest`: a 4xx status and one line.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,27 +248,3 @@ def parse_feedback(payload: Any) -> tuple[str, int, int]:
     if type(index) is not int or index < 0:
         raise BadRequest(f"index must be a whole number >= 0, got {index!r}")
     return rid, digit, index
-
-
-def log_rows(
-    x: np.ndarray, probs: np.ndarray, request_id: str, endpoint: str, version: str,
-    ts: Any, latency_ms: float, pixels: bool,
-) -> Iterator[dict[str, Any]]:  # fmt: skip
-    """One prediction-log row per image (a generator: the log's writer thread runs it)."""
-    digits = probs.argmax(axis=1)
-    top = probs[np.arange(len(probs)), digits].tolist()
-    rounded = probs.astype(np.float64).round(7).tolist()
-    raw = np.clip(np.rint(x), 0, 255).astype(np.uint8) if pixels else None
-    for i, digit in enumerate(digits.tolist()):
-        yield {
-            "request_id": request_id,
-            "position": i,
-            "ts": ts,
-            "endpoint": endpoint,
-            "model_version": version,
-            "digit": digit,
-            "probability": top[i],
-            "probabilities": rounded[i],
-            "pixels": raw[i].tobytes() if raw is not None else None,
-            "latency_ms": latency_ms,
-        }

@@ -3,33 +3,40 @@ its URL; feedback."""
 
 import datetime
 
+import numpy as np
+import pytest
 import sqlalchemy as sa
 
-from pipeline.serve.log import PredictionLog, count_rows, open_engine, store_feedback
+from pipeline.serve.log import PredictionLog, Spool, count_rows, open_engine, store_feedback
+
+META = {"endpoint": "invocations", "version": "1", "latency_ms": 1.0,
+        "ts": datetime.datetime.now(datetime.UTC).isoformat()}  # fmt: skip
 
 
-def row(i: int) -> dict:
-    return {
-        "request_id": f"r{i}", "position": 0, "ts": datetime.datetime.now(datetime.UTC),
-        "endpoint": "invocations", "model_version": "1", "digit": i % 10, "probability": 0.9,
-        "probabilities": [0.01] * 10, "pixels": bytes(784), "latency_ms": 1.0,
-    }  # fmt: skip
+def request(log: PredictionLog, i: int, n: int = 1) -> None:
+    probs = np.full((n, 10), 0.01, np.float32)
+    log.add(np.zeros((n, 28, 28), np.float32), probs, {**META, "id": f"r{i}"}, pixels=True)
 
 
-def test_every_queued_row_is_written_by_close(tmp_path):
+def test_every_spooled_row_is_written_by_close_once(tmp_path):
     url = f"sqlite:///{tmp_path / 'predictions.db'}"
-    plog = PredictionLog(open_engine(url), flush_s=10)  # no timed flush before close
-    plog.add([row(i) for i in range(1234)], 1234)
+    plog = PredictionLog(open_engine(url), flush_s=10, spool=Spool(tmp_path / "spool"))
+    for i in range(123):
+        request(plog, i, n=10)  # (no timed flush before close)
     plog.close()
-    assert plog.written == count_rows(url) == 1234
+    assert plog.written == count_rows(url) == 1230
+    assert list((tmp_path / "spool").iterdir()) == []  # every segment written, then gone
+    again = PredictionLog(open_engine(url), flush_s=10, spool=Spool(tmp_path / "spool"))
+    again.close()
+    assert count_rows(url) == 1230  # nothing replayed twice
 
 
 def test_rows_are_flushed_while_serving(tmp_path):
     import time
 
     url = f"sqlite:///{tmp_path / 'predictions.db'}"
-    plog = PredictionLog(open_engine(url), flush_s=0.05)
-    plog.add([row(1), row(2)], 2)
+    plog = PredictionLog(open_engine(url), flush_s=0.05, spool=Spool(tmp_path / "spool"))
+    request(plog, 1, n=2)
     deadline = time.monotonic() + 5
     while count_rows(url) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -37,8 +44,174 @@ def test_rows_are_flushed_while_serving(tmp_path):
     plog.close()
 
 
+def test_a_database_that_is_down_at_exit_leaves_the_rows_for_the_next_start(tmp_path):
+    """The rows of a service whose database is unreachable to the end wait in its spool;
+    the next start (another process, as after kill -9) writes them, each once."""
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    broken = open_engine(url)
+    broken.dispose()
+    bad = sa.create_engine(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'p.db'}")
+    plog = PredictionLog(bad, flush_s=0.01, spool=Spool(tmp_path / "spool"))
+    for i in range(5):
+        request(plog, i, n=3)
+    plog.close()
+    assert plog.written == 0 and len(list((tmp_path / "spool").glob("*.spool"))) == 1
+    again = PredictionLog(open_engine(url), flush_s=0.01, spool=Spool(tmp_path / "spool"))
+    again.close()
+    assert count_rows(url) == 15 and list((tmp_path / "spool").iterdir()) == []
+
+
 def test_feedback_rows(tmp_path):
     engine = open_engine(f"sqlite:///{tmp_path / 'p.db'}")
     store_feedback(engine, "abc", 0, 7)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT request_id, digit FROM feedback")).all() == [("abc", 7)]
+
+
+# --- the real service: answered means logged -------------------------------------------
+
+
+def _bodies(project, count: int = 100) -> list[bytes]:
+    import json
+
+    with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
+        x = z["x"][:200]
+    return [json.dumps({"inputs": x[i : i + 1 + i % 5].tolist()}).encode() for i in range(count)]
+
+
+def _images(answers) -> int:
+    import json
+
+    return sum(len(json.loads(a.body)["predictions"]) for a in answers if a.status == 200)
+
+
+def _load_in_background(url: str, bodies: list[bytes], **kw):
+    import threading
+
+    from pipeline.testing.load import drive
+
+    stop, result = threading.Event(), {}
+    thread = threading.Thread(target=lambda: result.setdefault("load", drive(
+        f"{url}/invocations", lambda i: bodies[i % len(bodies)], keep_body=True, stop=stop,
+        **kw)))  # fmt: skip
+    thread.start()
+
+    def finish():
+        stop.set()
+        thread.join(timeout=120)
+        return result["load"]
+
+    return finish
+
+
+def _distinct(url: str) -> int:
+    from pipeline.core.urls import with_driver
+
+    with open_engine(with_driver(url)).connect() as conn:
+        return conn.execute(sa.text(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT request_id, position FROM predictions) t"
+        )).scalar()  # fmt: skip
+
+
+@pytest.mark.slow
+def test_kill_9_under_load_loses_no_answered_image(smoke_project, tmp_path):
+    """SIGKILL mid-load (no flush, no goodbye): the next start replays the spool, and the
+    log holds every image answered 200, each once."""
+    import os
+    import signal
+    import time
+
+    from pipeline.testing.project import clone_of, scoring_service
+
+    project = clone_of(smoke_project, tmp_path / "p")
+    url = f"sqlite:///{project / 'predictions.db'}"
+    before = count_rows(url) if (project / "predictions.db").exists() else 0
+    server = scoring_service(project)
+    with server as proc:
+        finish = _load_in_background(server.url, _bodies(project), concurrency=16, seconds=30)
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        load = finish()
+    answered = _images(load.answers)
+    assert answered > 200
+    assert count_rows(url) - before < answered  # rows answered were still in the spool...
+    with scoring_service(project):  # ...until the next start replays them
+        pass
+    assert count_rows(url) - before == answered == _distinct(url) - before
+
+
+@pytest.mark.slow
+def test_postgresql_down_for_60_s_costs_no_request_and_no_row(smoke_project, postgres, tmp_path):
+    """The shared log's PostgreSQL stopped for 60 s under load: every request answered, the
+    backlog waits on disk (the service's memory stays flat), and once PostgreSQL is back
+    every row is written, each once."""
+    import time
+
+    import psutil
+
+    from pipeline.testing.project import clone_of, scoring_service, stage_env
+
+    project = clone_of(smoke_project, tmp_path / "p")
+    url = postgres.create_database("outage")
+    server = scoring_service(project, stage_env(PREDICTION_LOG_URL=url))
+    with server as proc:
+        finish = _load_in_background(server.url, _bodies(project), concurrency=4, seconds=90,
+                                     pause_s=0.01)  # fmt: skip
+        time.sleep(3)
+        service = psutil.Process(proc.pid)
+        postgres.stop()
+        try:
+            time.sleep(5)
+            rss_start, spool_start = service.memory_info().rss, _spool_bytes(project)
+            time.sleep(55)
+            rss_end, spool_end = service.memory_info().rss, _spool_bytes(project)
+        finally:
+            postgres.start()
+        time.sleep(3)
+        load = finish()
+    failed = [(a.status, a.body[:100]) for a in load.answers if a.status != 200]
+    assert not failed, failed[:3]
+    assert spool_end - spool_start > 1_000_000  # the backlog went to disk...
+    assert rss_end - rss_start < 30 * 2**20, (rss_start, rss_end)  # ...not to memory
+    answered = _images(load.answers)
+    assert count_rows(url) == answered == _distinct(url)
+
+
+def _spool_bytes(project) -> int:
+    return sum(p.stat().st_size for p in (project / ".serve-spool").glob("*.spool"))
+
+
+@pytest.mark.slow
+def test_a_full_spool_drops_rows_counted_exactly_and_costs_no_request(
+    smoke_project, postgres, tmp_path
+):
+    """The spool's disk fills up (a 1 MB file size limit on the service: EFBIG, as ENOSPC
+    would be): requests are still answered, and every image answered is either a row or
+    counted in serve_log_dropped_total, exactly."""
+    import sys
+    import urllib.request
+
+    from pipeline.testing.load import drive
+    from pipeline.testing.project import Server, clone_of, free_port, stage_env
+
+    project = clone_of(smoke_project, tmp_path / "p")
+    url = postgres.create_database("full")  # (the log's own files are not the service's)
+    port = free_port()
+    cmd = ["prlimit", f"--fsize={2**20}", "--", sys.executable, "-m", "pipeline.serve",
+           "--port", str(port)]  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    server = Server(cmd, project, stage_env(PREDICTION_LOG_URL=url), f"{base}/v2/health/ready")
+    bodies = _bodies(project)
+    with server:
+        load = drive(f"{base}/invocations", lambda i: bodies[i % len(bodies)], concurrency=4,
+                     requests=800, keep_body=True)  # fmt: skip
+        with urllib.request.urlopen(f"{base}/metrics") as resp:
+            text = resp.read().decode()
+    failed = [a.status for a in load.answers if a.status != 200]
+    assert not failed and len(load.answers) == 800
+    dropped = sum(float(line.split()[-1]) for line in text.splitlines()
+                  if line.startswith("serve_log_dropped_total "))  # fmt: skip
+    answered = _images(load.answers)
+    assert dropped > 0 and count_rows(url) > 0
+    assert count_rows(url) + dropped == answered

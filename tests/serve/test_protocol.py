@@ -9,7 +9,6 @@ from pipeline.serve.protocol import (
     BadRequest,
     images,
     invocations_answer,
-    log_rows,
     parse_invocations,
     parse_v2,
     v2_answer,
@@ -59,7 +58,7 @@ def test_v2_request_any_input_name_fp32_or_uint8():
         parse_v2(json.dumps(body).encode())
 
 
-def test_answers_and_log_rows():
+def test_answers():
     probs = np.full((2, 10), 0.05, np.float32)
     probs[0, 3], probs[1, 7] = 0.55, 0.55
     assert json.loads(invocations_answer(probs))["predictions"][0][3] == pytest.approx(0.55)
@@ -68,11 +67,6 @@ def test_answers_and_log_rows():
     assert headers == {}
     assert v2["model_version"] == "4" and v2["outputs"][0]["shape"] == [2, 10]
     assert len(v2["outputs"][0]["data"]) == 20
-    x = np.full((2, 28, 28), 254.6, np.float32)
-    rows = list(log_rows(x, probs, "r", "invocations", "4", "t", 1.5, pixels=True))
-    assert [r["digit"] for r in rows] == [3, 7] and [r["position"] for r in rows] == [0, 1]
-    assert rows[0]["pixels"] == bytes([255]) * 784 and rows[1]["probability"] == pytest.approx(0.55)
-    assert next(log_rows(x, probs, "r", "v2", "4", "t", 1.5, pixels=False))["pixels"] is None
 
 
 def _binary(x: np.ndarray, datatype: str = "UINT8", **request) -> tuple[bytes, str]:
