@@ -112,3 +112,44 @@ def drive(
             urls,
         )  # fmt: skip
     )
+
+
+async def _open_loop(
+    url: str, body: Callable[[int], bytes], rate: float, seconds: float,
+    headers: dict[str, str], connections: int,
+) -> Load:  # fmt: skip
+    load = Load()
+    start = time.perf_counter()
+    timeout = aiohttp.ClientTimeout(total=60)
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+
+        async def one(i: int) -> None:
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            try:
+                async with session.post(url, data=body(i), headers=headers) as resp:
+                    await resp.read()
+                    status, version = resp.status, resp.headers.get("X-Model-Version")
+                    retry = resp.headers.get("Retry-After")
+            except (aiohttp.ClientError, TimeoutError):
+                status, version, retry = 0, None, None
+            # latency from when the request was due, not when a connection was free: an
+            # open-loop load counts the client-side wait too (no coordinated omission)
+            load.answers.append(
+                Answer(status, time.perf_counter() - due, version, b"", due - start, retry)
+            )
+
+        await asyncio.gather(*(one(i) for i in range(int(rate * seconds))))
+    load.seconds = time.perf_counter() - start
+    return load
+
+
+def drive_rate(
+    url: str, body: Callable[[int], bytes], rate: float, seconds: float,
+    headers: dict[str, str] | None = None, connections: int = 256,
+) -> Load:  # fmt: skip
+    """An open-loop load: ``rate`` requests a second for ``seconds``, each sent when it is
+    due whether or not the earlier ones were answered (at most ``connections`` at once)."""
+    headers = headers or {"Content-Type": "application/json"}
+    return asyncio.run(_open_loop(url, body, rate, seconds, headers, connections))
