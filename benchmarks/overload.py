@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -29,10 +28,9 @@ import numpy as np
 import psutil
 import yaml
 
-from benchmarks.serve import champion_project
-from benchmarks.train_speed import machine_class
+from benchmarks.serve import announce, champion_project
 from pipeline.testing.load import drive, drive_rate
-from pipeline.testing.project import SHARED_MNIST, run, scoring_service, set_params, stage_env
+from pipeline.testing.project import run, scoring_service, set_params
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -45,10 +43,7 @@ def main() -> None:
     parser.add_argument("--max-queue-ms", type=float, default=None,
                         help="serve.max_queue_ms for the run (default: params.yaml's)")  # fmt: skip
     args = parser.parse_args()
-    env = stage_env(MNIST_MIRROR=os.environ.get("MNIST_MIRROR", str(SHARED_MNIST)))
-    cls = machine_class()
-    print(f"# overload benchmark: {cls['label']}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    env = announce("overload")
     with tempfile.TemporaryDirectory(prefix="bench-overload-") as tmp:
         project = champion_project(Path(tmp), env)
         if args.max_queue_ms is not None:

@@ -81,6 +81,14 @@ def oip_request(x: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str]]:
     }
 
 
+def announce(name: str) -> dict[str, str]:
+    """Print the benchmark's CPU class, cores and load; the stages' environment."""
+    cls = machine_class()
+    print(f"# {name} benchmark: {cls['label']}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    return stage_env(MNIST_MIRROR=os.environ.get("MNIST_MIRROR", str(SHARED_MNIST)))
+
+
 def champion_project(base: Path, env: dict[str, str]) -> Path:
     project = copy_project(base / "project")
     set_params(project, **{**SMOKE, "train__epochs": 1})
@@ -125,12 +133,13 @@ def bench(kind: str, workers: int, project: Path, env: dict, x: np.ndarray, seco
     try:
         wait_http(health, proc, poll_s=0.05)  # (the time to ready, to 50 ms)
         ready_s = time.perf_counter() - start
-        url = f"http://127.0.0.1:{port}/invocations"
-        for label, concurrency, size in PHASES:
-            bodies = [json.dumps({"inputs": x[i : i + size].tolist()}).encode()
-                      for i in range(0, 512, max(1, size // 4))][:64]  # fmt: skip
-            drive(url, lambda i, b=bodies: b[i % len(b)], concurrency, seconds=1.0)  # warm-up
-            load = drive(url, lambda i, b=bodies: b[i % len(b)], concurrency, seconds=seconds)
+        base = f"http://127.0.0.1:{port}"
+
+        def phase(url: str, label: str, concurrency: int, size: int, bodies, headers=None):
+            drive(url, lambda i: bodies[i % len(bodies)], concurrency, seconds=1.0,
+                  headers=headers)  # (warm-up)  # fmt: skip
+            load = drive(url, lambda i: bodies[i % len(bodies)], concurrency,
+                         seconds=seconds, headers=headers)  # fmt: skip
             rows.append({
                 "server": f"{kind} -w {workers}", "request": label,
                 "concurrency": concurrency, "req_s": load.throughput,
@@ -138,22 +147,16 @@ def bench(kind: str, workers: int, project: Path, env: dict, x: np.ndarray, seco
                 "p99_ms": load.percentile(99), "errors": load.errors,
             })  # fmt: skip
             print(_row(rows[-1]), flush=True)
+
+        for label, concurrency, size in PHASES:
+            bodies = [json.dumps({"inputs": x[i : i + size].tolist()}).encode()
+                      for i in range(0, 512, max(1, size // 4))][:64]  # fmt: skip
+            phase(f"{base}/invocations", label, concurrency, size, bodies)
         if kind == "pipeline.serve":
             for label, concurrency, size, binary in OIP_PHASES:
-                infer = f"http://127.0.0.1:{port}/v2/models/lenet5-mnist/infer"
                 made = [oip_request(x[i : i + size], binary) for i in range(0, 512, size // 4)]
-                bodies, headers = [b for b, _ in made][:64], made[0][1]
-                drive(infer, lambda i, b=bodies: b[i % len(b)], concurrency, seconds=1.0,
-                      headers=headers)  # fmt: skip
-                load = drive(infer, lambda i, b=bodies: b[i % len(b)], concurrency,
-                             seconds=seconds, headers=headers)  # fmt: skip
-                rows.append({
-                    "server": f"{kind} -w {workers}", "request": label,
-                    "concurrency": concurrency, "req_s": load.throughput,
-                    "img_s": load.throughput * size, "p50_ms": load.percentile(50),
-                    "p99_ms": load.percentile(99), "errors": load.errors,
-                })  # fmt: skip
-                print(_row(rows[-1]), flush=True)
+                phase(f"{base}/v2/models/lenet5-mnist/infer", label, concurrency, size,
+                      [b for b, _ in made][:64], made[0][1])  # fmt: skip
         memory = rss_mb(proc)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -192,10 +195,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
     args = parser.parse_args()
-    env = stage_env(MNIST_MIRROR=os.environ.get("MNIST_MIRROR", str(SHARED_MNIST)))
-    cls = machine_class()
-    print(f"# serve benchmark: {cls['label']}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    env = announce("serve")
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         project = champion_project(Path(tmp), env)
         with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
