@@ -104,8 +104,12 @@ class Spool:
         self._retry_at = 0.0
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self._lock = os.open(folder / f"{self.owner}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+            # locked under another name, then renamed: no other process ever sees this
+            # lock file unlocked (and adopts a live process's spool)
+            hidden = folder / f".{self.owner}.lock"
+            self._lock = os.open(hidden, os.O_CREAT | os.O_RDWR, 0o644)
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(hidden, folder / f"{self.owner}.lock")
             self._open_next()
         except OSError as e:
             self.broken = f"{folder}: {e.strerror or e}"
