@@ -6,7 +6,6 @@ query of the dashboard returns data."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.error
@@ -15,17 +14,17 @@ import urllib.request
 import pytest
 
 from pipeline.testing import prometheus as prom
-from pipeline.testing.project import ROOT, clone_of, fashion_images, run, scoring_service
+from pipeline.testing.project import (
+    ROOT,
+    clone_of,
+    fashion_images,
+    require,
+    run,
+    scoring_service,
+)
 
 OPS = ROOT / "docs" / "operations"
 RULES = OPS / "alerts.yml"
-
-
-def need(what: list[str]) -> None:
-    """Skip (fail under CI=true) when a Debian package the test needs is missing."""
-    if what:
-        reason = f"{', '.join(what)} not installed: make system-deps"
-        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
 
 
 def dashboard_queries() -> list[str]:
@@ -34,7 +33,7 @@ def dashboard_queries() -> list[str]:
 
 
 def test_the_alert_rules_pass_promtool():
-    need(prom.missing())
+    require(*prom.BINARIES)
     checked = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True,
                              text=True)  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -75,7 +74,8 @@ def _traffic(url: str, x) -> None:
 
 @pytest.mark.slow
 def test_prometheus_fires_the_drift_alert_on_fashion_traffic(smoke_project, tmp_path):
-    need(prom.missing() + ([] if fashion_images() is not None else ["dataset-fashion-mnist"]))
+    fashion = () if fashion_images() is not None else ("dataset-fashion-mnist",)
+    require(*prom.BINARIES, also_missing=fashion)
     project = clone_of(smoke_project, tmp_path / "p")
     (tmp_path / "prom").mkdir()
     service, gateway = scoring_service(project), prom.pushgateway(tmp_path)

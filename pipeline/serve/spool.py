@@ -97,6 +97,7 @@ class Spool:
         self.folder = folder
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._fd: int | None = None
+        self._lock: int | None = None  # this process's flock'ed lock file
         self._adopted: list[tuple[Path, int]] = []  # (lock, fd) of dead processes adopted
         self._size = 0
         self._n = 0
@@ -126,7 +127,7 @@ class Spool:
         """Write one record (one system call); False if it could not be written. After a
         failure the spool tries again, in a new segment, every ``RETRY_S``."""
         if self.broken is not None:
-            if self._fd is None and not hasattr(self, "_lock"):
+            if self._lock is None:
                 return False  # no folder, no lock: broken for good
             if time.monotonic() < self._retry_at:
                 return False
@@ -216,8 +217,9 @@ class Spool:
     def release(self) -> None:
         """Release this process's lock (its file goes once its segments are gone: a
         segment left behind is adopted by the next start)."""
-        if self.broken is not None and not hasattr(self, "_lock"):
+        if self._lock is None:
             return
         if not self.mine():
             (self.folder / f"{self.owner}.lock").unlink(missing_ok=True)
         os.close(self._lock)
+        self._lock = None

@@ -11,10 +11,6 @@ from pipeline.testing.project import ROOT, Server, free_port
 CONFIG = ROOT / "docs" / "operations" / "haproxy.cfg"
 
 
-def missing() -> list[str]:
-    return [] if shutil.which("haproxy") else ["haproxy"]
-
-
 def haproxy(workdir: Path, replicas: list[int], config: Path = CONFIG) -> Server:
     """HAProxy (``.url``) balancing the replicas on these ports of 127.0.0.1; ready when
     its own ``monitor-uri`` answers."""

@@ -248,3 +248,15 @@ def fashion_images():
     raw = found[0].read_bytes()
     raw = gzip.decompress(raw) if found[0].suffix == ".gz" else raw
     return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
+
+
+def require(*commands: str, also_missing: tuple[str, ...] = ()) -> None:
+    """Skip the calling test when one of these commands (or ``also_missing``: Debian
+    packages found missing another way) is not installed; fail instead under CI=true, where
+    ``make system-deps`` installs them."""
+    import pytest
+
+    missing = [c for c in commands if shutil.which(c) is None] + list(also_missing)
+    if missing:
+        reason = f"{', '.join(missing)} not installed: make system-deps"
+        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)

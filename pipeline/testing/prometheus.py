@@ -5,7 +5,6 @@ the dashboard's queries and the monitor's push."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.parse
 import urllib.request
@@ -14,12 +13,7 @@ from typing import Any
 
 from pipeline.testing.project import Server, free_port
 
-BINARIES = ("prometheus", "promtool", "prometheus-pushgateway")
-
-
-def missing() -> list[str]:
-    """The Prometheus binaries not on PATH."""
-    return [b for b in BINARIES if shutil.which(b) is None]
+BINARIES = ("prometheus", "promtool", "prometheus-pushgateway")  # for project.require
 
 
 def pushgateway(workdir: Path) -> Server:

@@ -3,7 +3,6 @@ is one line."""
 
 from __future__ import annotations
 
-import os
 import urllib.request
 
 import pytest
@@ -12,7 +11,7 @@ from prometheus_client import generate_latest
 from pipeline.core.errors import PipelineError
 from pipeline.monitor import push
 from pipeline.testing import prometheus as prom
-from pipeline.testing.project import free_port
+from pipeline.testing.project import free_port, require
 
 OUT = {
     "model_name": "lenet5-mnist", "model_version": "4", "images": 500,
@@ -39,9 +38,7 @@ def test_the_verdict_as_gauges_named_by_prometheus_conventions():
 
 @pytest.mark.slow
 def test_a_push_replaces_the_models_last_verdict_on_a_real_pushgateway(tmp_path):
-    if prom.missing():
-        reason = f"{', '.join(prom.missing())} not installed (Debian's prometheus packages)"
-        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+    require(*prom.BINARIES)
     with (gateway := prom.pushgateway(tmp_path)):
         push.push(gateway.url, OUT, 5)
         later = {**OUT, "model_version": "5", "drift": {"detected": False, "share": 0.1}}

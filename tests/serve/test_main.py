@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import threading
 import time
@@ -16,9 +15,16 @@ import numpy as np
 import pytest
 
 from pipeline.serve.log import count_rows
-from pipeline.testing.haproxy import haproxy, missing
+from pipeline.testing.haproxy import haproxy
 from pipeline.testing.load import drive
-from pipeline.testing.project import clone_of, free_port, scoring_service, set_params, stage_env
+from pipeline.testing.project import (
+    clone_of,
+    free_port,
+    require,
+    scoring_service,
+    set_params,
+    stage_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,9 +44,7 @@ def test_a_rolling_restart_behind_haproxy_fails_no_request_and_logs_every_answer
     drain_s), HAProxy's health check takes it out, it stops and starts again; then the
     other. Under load all along: every request answered 200, and the shared log holds one
     row per image answered."""
-    if missing():
-        reason = "haproxy not installed: make system-deps"
-        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+    require("haproxy")
     project = clone_of(smoke_project, tmp_path / "p")
     set_params(project, serve__drain_s=1.5)
     env = stage_env(PREDICTION_LOG_URL=postgres.create_database("rolling"))
