@@ -12,9 +12,10 @@ Admission is bounded (load shedding, as BentoML's ``max_latency_ms`` or Ray Serv
 ``max_queue_ms``. A request over either bound raises :class:`Overloaded` at once (the app
 answers 503 with ``Retry-After``): on arrival when the queue is full or its expected wait,
 from the measured images/s of recent batches, is over the bound; or when its batch is
-gathered, if it waited too long anyway. So past capacity the queue, the latency of the
-requests accepted and the memory stay flat, and the service is back to normal as soon as
-the load drops.
+gathered, if it waited too long anyway. So past the model's capacity the queue and the
+memory stay flat, and the service is back to normal as soon as the load drops. (Where the
+HTTP layer is the bound, as with single images on 2 cores, requests wait before they get
+here: BENCHMARKS.md, issue 36.)
 """
 
 from __future__ import annotations
