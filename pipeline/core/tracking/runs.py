@@ -53,6 +53,10 @@ def active_run(
         )
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"cannot start MLflow run: {error_line(e)}") from None
+    except KeyboardInterrupt:  # interrupted while starting: a run already created is KILLED
+        if mlflow.active_run() is not None:
+            end_run("KILLED")
+        raise
     status = "FAILED"
     try:
         yield run.info.run_id
