@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands (`python -m pipeline.x`) must find the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup system-deps repro test test-fast lint format clean tracking-server ui serve monitor docs
+.PHONY: setup system-deps repro test test-fast lint format clean tracking-server ui serve monitor retrain docs
 
 setup: $(STAMP)
 
@@ -73,6 +73,12 @@ serve: setup
 # MONITOR_ARGS=--fail-on-drift
 monitor: setup
 	$(BIN)/python -m pipeline.monitor $(MONITOR_ARGS)
+
+# The labels users sent (POST /feedback, with a key) up to now -> feedback, train,
+# evaluate, register's gate on every slice (docs/loop.md). RETRAIN_ARGS=--if-needed: only
+# on drift or retrain.min_labels new labels.
+retrain: setup
+	$(BIN)/python -m pipeline.retrain $(RETRAIN_ARGS)
 
 # The README and docs/ as a site in site/ (MkDocs Material, strict: a broken link or anchor
 # fails the build); open site/index.html. The same Markdown reads on GitHub without it.

@@ -6,13 +6,17 @@
   machines may register the same run at once: the lowest version of a run wins, any other
   is tagged ``duplicate_of`` and ignored everywhere (no timing guesses, EDIT permission is
   enough);
-- gate: the candidate and the current champion are loaded and scored on the same test
-  images; an exact McNemar test on the images where they disagree decides. Promoted:
-  ``@champion`` moves. Not significant: the candidate becomes ``@challenger`` and the
-  champion stays. No champion yet: the first one is promoted without a test. The gate's
-  numbers are tags on the candidate's version and ``gate`` in champion.json; a version
-  already scored against the same champion on the same test images is not scored again,
-  but its counts are decided anew under today's ``register.alpha`` and ``min_gain``;
+- gate: the candidate and the current champion are scored on the same images of every
+  slice, MNIST's test split and the production slice (the feedback stage's holdout); on
+  each, an exact McNemar test on the images where they disagree, and a one-sided bound of
+  the loss. Promoted (significantly better on a slice, no worse than ``register.max_loss``
+  points on any; a slice under ``register.min_slice_images`` says so and does not block):
+  ``@champion`` moves. Otherwise the candidate becomes ``@challenger`` and the champion
+  stays. No champion yet: the first one is promoted without a test. The gate's numbers
+  (each slice's too) are tags on the candidate's version, metrics of its run and ``gate``
+  in champion.json; a version already scored against the same champion on the same test
+  images is not scored again, but its counts are decided anew under today's
+  ``register.alpha`` and ``min_gain``;
 - two machines moving the alias at once: after a move the alias is read back, and if
   another version took it, the two are gated against each other the same way;
 - writes data/register/champion.json (the champion, the store, the ranking metric, the
@@ -37,7 +41,7 @@ from pipeline.core import card, tracking
 from pipeline.core.cli import run
 from pipeline.core.data import atomic_write, load_split, split_md5, write_json
 from pipeline.core.errors import PipelineError, TrackingError
-from pipeline.core.layout import CARD_FILE, CHAMPION_FILE, STORE_FILE
+from pipeline.core.layout import CARD_FILE, CHAMPION_FILE, FEEDBACK_DIR, STORE_FILE, split_file
 from pipeline.core.params import RegisterParams, load_params
 from pipeline.core.promotion import (
     CANDIDATE_FILTER,
@@ -45,11 +49,13 @@ from pipeline.core.promotion import (
     RANK_COLUMNS,
     Decision,
     decide,
+    decide_slices,
     gate_record,
     gate_tags,
     paired,
     rank_runs,
     reusable,
+    slice_record,
 )
 from pipeline.core.receipt import foreign_outputs, receipt, workspace_run_id
 
@@ -94,10 +100,13 @@ def version_for(name: str, run_obj: Run) -> ModelVersion:
 
 
 def gate(name: str, candidate: ModelVersion, champion: ModelVersion | None, cfg: RegisterParams):
-    """Test ``candidate`` against ``champion`` on the test split: (Decision, gate record).
+    """Test ``candidate`` against ``champion`` on every slice: MNIST's test split and the
+    production slice (data/feedback/holdout.npz, when users labelled any): (Decision,
+    gate record).
 
-    An earlier gate of the same two versions on the same test images is not scored again:
-    its counts are decided anew under today's ``register.alpha`` and ``min_gain``."""
+    An earlier gate of the same two versions on the same test images is not scored again
+    on them: its counts are decided anew under today's policy. The production slice is
+    always scored now, both models on the same images."""
     if champion is None:
         return decide(None, cfg.alpha, cfg.min_gain), gate_record(
             None, "test", 0, cfg.alpha, cfg.min_gain
@@ -106,7 +115,7 @@ def gate(name: str, candidate: ModelVersion, champion: ModelVersion | None, cfg:
     digest = split_md5("test")["test"]
     stored = candidate.tags.get(f"{GATE_TAG_PREFIX}record")
     result = reusable(json.loads(stored), against, digest) if stored else None
-    if result is not None:
+    if result is not None and result.both_right is not None:
         log.info("v%s vs v%s: the counts of their gate on these test images, decided anew",
                  candidate.version, against)  # fmt: skip
     else:
@@ -125,10 +134,34 @@ def gate(name: str, candidate: ModelVersion, champion: ModelVersion | None, cfg:
                 None, "test", len(y), cfg.alpha, cfg.min_gain, against=against
             )
         result = paired(y, champion_pred, labels(candidate))
+    results = {"test": result}
+    production = _production_slice()
+    if production is not None:
+        px, py = production
+        results["production"] = paired(
+            py,
+            *(
+                tracking.predicted_labels(f"models:/{name}/{v.version}", px)
+                for v in (champion, candidate)
+            ),  # fmt: skip
+        )
+    decision, verdicts = decide_slices(
+        results, cfg.alpha, cfg.min_gain, cfg.max_loss, cfg.min_slice_images
+    )
     record = gate_record(
         result, "test", result.n, cfg.alpha, cfg.min_gain, against=against, md5=digest
     )
-    return decide(result, cfg.alpha, cfg.min_gain), record
+    record["max_loss"] = cfg.max_loss
+    record["slices"] = {k: slice_record(r, verdicts[k]) for k, r in results.items()}
+    return decision, record
+
+
+def _production_slice():
+    """The feedback stage's holdout (x, y), or None when there is none or it is empty."""
+    if not split_file("holdout", FEEDBACK_DIR).exists():
+        return None
+    x, y = load_split("holdout", FEEDBACK_DIR)
+    return (x, y) if len(y) else None
 
 
 def promote_or_keep(
@@ -141,6 +174,7 @@ def promote_or_keep(
     tags = gate_tags(record)
     if any(candidate.tags.get(k) != v for k, v in tags.items()):  # new facts or policy
         tracking.set_version_tags(name, candidate.version, tags)
+        tracking.log_metrics(slice_metrics(record), run_id=candidate.run_id)
     if decision.promote:
         tracking.set_alias(name, cfg.alias, candidate.version)
         challenger = tracking.alias_target(name, CHALLENGER)
@@ -153,6 +187,17 @@ def promote_or_keep(
         record,
         (f"champion stays v{champion.version}: v{candidate.version} {decision.reason}"),
     )
+
+
+def slice_metrics(record: dict) -> dict[str, float]:
+    """Each slice's accuracies, difference and p-value as the candidate run's metrics
+    (``gate.production.candidate_accuracy``, ...), beside what evaluate logged."""
+    out = {}
+    for name, facts in (record.get("slices") or {}).items():
+        for key in ("champion_accuracy", "candidate_accuracy", "accuracy_diff_pts", "p_value"):
+            if facts.get(key) is not None:
+                out[f"gate.{name}.{key}"] = facts[key]
+    return out
 
 
 def main() -> None:

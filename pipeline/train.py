@@ -7,14 +7,17 @@ metrics.json (final val_accuracy/val_loss and training seconds; DVC metrics) and
 
 from __future__ import annotations
 
+import json
 import logging
 
 from pipeline.core import plots, provenance, tracking, training
 from pipeline.core.backend import keras, tf
 from pipeline.core.cli import run
-from pipeline.core.data import atomic_write, split_md5, write_json
+from pipeline.core.data import atomic_write, file_md5, split_md5, write_json
 from pipeline.core.layout import (
     CURVES_FILE,
+    FEEDBACK_DIR,
+    FEEDBACK_SUMMARY,
     HISTORY_FILE,
     MODEL_FILE,
     RUN_FILE,
@@ -52,6 +55,11 @@ def main() -> None:
                 x, y, name=f"mnist-{split}", source=split_file(split), digest=md5[split],
                 context=context,
             )  # fmt: skip
+        if len(prepared.feedback[1]):  # labelled production images, DVC's hash as digest
+            source = split_file("train", FEEDBACK_DIR)
+            tracking.log_dataset(*prepared.feedback, name="feedback-train", source=source,
+                                 digest=file_md5(source), context="training")  # fmt: skip
+        tracking.log_metrics(_feedback_counts())
         tracking.log_text(_summary(prepared.model), "model_summary.txt")
         log.info(
             "training on %d images (%d steps/epoch), run %s",
@@ -74,6 +82,16 @@ def main() -> None:
         "trained %d epochs in %.1f s; final val_accuracy %.4f",
         len(trained.history), trained.seconds, trained.final()["val_accuracy"],
     )  # fmt: skip
+
+
+def _feedback_counts() -> dict[str, float]:
+    """The feedback stage's counts (images taken, labels left out and why) as
+    ``feedback.*`` metrics; none where that stage has not run."""
+    try:
+        summary = json.loads(FEEDBACK_SUMMARY.read_text())
+    except FileNotFoundError:
+        return {}
+    return {f"feedback.{k}": v for k, v in summary.items() if isinstance(v, int)}
 
 
 def _summary(model: keras.Model) -> str:

@@ -269,6 +269,7 @@ def test_the_layers_come_from_dvc_yaml():
     assert stages() == {
         "pipeline.download",
         "pipeline.preprocess",
+        "pipeline.feedback",
         "pipeline.train",
         "pipeline.evaluate",
         "pipeline.register",

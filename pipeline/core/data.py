@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,12 +122,17 @@ def _umask() -> int:
     return mask
 
 
-def save_split(path: Path, x: np.ndarray, y: np.ndarray) -> None:
-    """Write one split as an uncompressed ``.npz`` (x: N×28×28 uint8, y: N uint8)."""
+def save_split(path: Path, x: np.ndarray, y: np.ndarray, **extra: np.ndarray) -> None:
+    """Write one split as an uncompressed ``.npz`` (x: N×28×28 uint8, y: N uint8, and any
+    ``extra`` arrays), byte for byte the same for the same arrays: ``np.savez`` stamps
+    each member with the time of writing, so DVC would see a new file every run."""
 
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, x=x, y=y)
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+            for name, array in {"x": x, "y": y, **extra}.items():
+                member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(member, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
     atomic_write(path, write)
 

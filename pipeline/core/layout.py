@@ -27,6 +27,10 @@ PREPARED_DIR = DATA / "prepared"  # {train,val,test}.npz (DVC cache)
 SUMMARY_FILE = PREPARED_DIR / "summary.json"  # class counts per split (git)
 SAMPLES_FILE = PREPARED_DIR / "samples.png"  # ten digits per class (DVC cache)
 
+# feedback: the labelled images of the prediction log (DVC cache; summary in git)
+FEEDBACK_DIR = DATA / "feedback"  # {train,holdout}.npz: x, y and ids ("request_id:index")
+FEEDBACK_SUMMARY = FEEDBACK_DIR / "summary.json"  # what was taken and left out, and why (git)
+
 # train
 TRAIN_DIR = DATA / "train"
 MODEL_FILE = TRAIN_DIR / "model.keras"  # (DVC cache)

@@ -17,6 +17,7 @@ make both harder to read.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
 import types
 import typing
@@ -82,6 +83,7 @@ class TrainParams:
     seed: int = _field(0)
     max_samples: int | None = _field(1)
     threads: int | None = _field(1, 1024)
+    feedback_repeat: int = _field(0, 1_000)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class RegisterParams:
     metric: Literal["val_accuracy", "test_accuracy"]
     alpha: float = _field(0, 0.5, lo_open=True)
     min_gain: float = _field(0, 100)
+    max_loss: float = _field(0, 100)
+    min_slice_images: int = _field(1)
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,22 @@ class ServeParams:
     log_pixels: bool = _field()
     log_flush_ms: float = _field(1, 60_000)
     spool_dir: str | None = _field()
+    keys_for_predictions: bool = _field()
+
+
+@dataclass(frozen=True)
+class FeedbackParams:
+    """Stage ``feedback``: the labelled images of the prediction log as training data."""
+
+    until: str | None = _field()  # ISO 8601, UTC unless it says otherwise
+    holdout: float = _field(0, 1)
+
+
+@dataclass(frozen=True)
+class RetrainParams:
+    """``python -m pipeline.retrain --if-needed``: when a retrain is due."""
+
+    min_labels: int = _field(1)
 
 
 @dataclass(frozen=True)
@@ -184,6 +204,8 @@ class Params:
     tune: TuneParams
     serve: ServeParams
     monitor: MonitorParams
+    feedback: FeedbackParams
+    retrain: RetrainParams
 
     def flat(self) -> dict[str, Any]:
         """All params as flat keys, ``{"train.learning_rate": 0.01, ...}`` (MLflow's params,
@@ -265,6 +287,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+    elif tp is str and isinstance(value, datetime.date):
+        return value.isoformat()  # YAML 1.1 reads an unquoted timestamp as a datetime
     elif isinstance(value, tp):
         return value
     raise ParamsError(f"{key}: expected {_type_name(tp)}, got {value!r}")
@@ -317,8 +341,20 @@ def _validate(p: Params) -> None:
         raise ParamsError("tracking.experiment: must not be empty")
     if p.register.model_name.strip() == "" or p.register.alias.strip() == "":
         raise ParamsError("register: model_name and alias must not be empty")
+    if p.feedback.until is not None:
+        until_time(p.feedback.until)
     if p.register.alias == "challenger":
         raise ParamsError("register.alias: 'challenger' is the alias of a candidate that lost")
+
+
+def until_time(value: str) -> datetime.datetime:
+    """``feedback.until`` as an aware UTC datetime (a time without a zone is UTC)."""
+    try:
+        at = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ParamsError(f"feedback.until: expected an ISO 8601 time such as "
+                          f"2026-12-06T10:00:00Z, got {value!r}") from None  # fmt: skip
+    return (at if at.tzinfo else at.replace(tzinfo=datetime.UTC)).astimezone(datetime.UTC)
 
 
 def _build_tune(raw: Any) -> TuneParams:

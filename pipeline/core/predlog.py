@@ -1,5 +1,6 @@
 """The prediction log's layout, named once: tables ``predictions`` (one row per image the
-scoring service answered) and ``feedback`` (true labels sent back), where the log lives
+scoring service answered), ``feedback`` (true labels sent back, each with its sender) and
+``feedback_keys`` (the senders' credentials, hashed), where the log lives
 (``PREDICTION_LOG_URL``, ``serve.log_url``, else SQLite ``predictions.db`` at the project
 root), and reading it back. ``pipeline.serve`` writes it, ``pipeline.monitor`` reads it.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from pipeline.core.errors import PipelineError, first_line, redact
+from pipeline.core.feedback import Label
 from pipeline.core.layout import PREDICTIONS_DB, project_root
 from pipeline.core.locks import file_lock, sqlite_path
 from pipeline.core.urls import is_postgres, with_driver
@@ -43,6 +45,19 @@ feedback = sa.Table(
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("digit", sa.SmallInteger, nullable=False),  # the true label
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    # The feedback key's name (feedback_keys.name); NULL for labels sent before keys were
+    # needed, which no dataset takes.
+    sa.Column("sender", sa.String(64), nullable=True),
+)
+# Who may send labels (python -m pipeline.serve keys): one row per key, only its SHA-256
+# kept. A name is never reused, so a revoked sender's labels stay recognisable as such.
+feedback_keys = sa.Table(
+    "feedback_keys",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("key_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked", sa.DateTime(timezone=True), nullable=True),
 )
 
 # How far each spool segment of pipeline.serve has been written into ``predictions``,
@@ -81,14 +96,22 @@ def open_engine(url: str) -> sa.Engine:
                 metadata.create_all(engine)
                 with engine.begin() as conn:  # readers never block the writer
                     conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                    _add_sender(conn)
             return engine
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=2)
         with engine.begin() as conn:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(29301)"))  # one creator
             metadata.create_all(conn)
+            _add_sender(conn)
         return engine
     except (sa.exc.SQLAlchemyError, OSError) as e:
         raise LogError(f"prediction log {redact(url)}: {first_line(e)}") from None
+
+
+def _add_sender(conn: sa.Connection) -> None:
+    """A log made before feedback had senders gets the column (its old labels stay NULL)."""
+    if "sender" not in {c["name"] for c in sa.inspect(conn).get_columns("feedback")}:
+        conn.exec_driver_sql("ALTER TABLE feedback ADD COLUMN sender VARCHAR(64)")
 
 
 def count_rows(url: str) -> int:
@@ -157,3 +180,53 @@ def read_window(
         "pixels": pixels,
         "label": np.array([truth.get((r.request_id, r.position), -1) for r in rows], np.int64),
     }
+
+
+def read_labels(engine: sa.Engine, until: datetime.datetime) -> list[Label]:
+    """Every label sent up to ``until``, with its image's pixels (None where not logged)."""
+    p, f = predictions, feedback
+    query = (
+        sa.select(f.c.request_id, f.c.position, f.c.sender, f.c.digit, f.c.ts, p.c.pixels)
+        .join(p, (p.c.request_id == f.c.request_id) & (p.c.position == f.c.position))
+        .where(f.c.ts <= until)
+        .order_by(f.c.id)
+    )
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+    except sa.exc.SQLAlchemyError as e:
+        raise LogError(f"prediction log: labels unreadable: {first_line(e)}") from None
+    return [Label(r.request_id, r.position, r.sender, r.digit, _utc(r.ts), r.pixels) for r in rows]
+
+
+def revoked_senders(engine: sa.Engine) -> set[str]:
+    """The names of every revoked feedback key, whenever it was revoked."""
+    k = feedback_keys
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(sa.select(k.c.name).where(k.c.revoked.is_not(None))).scalars())
+    except sa.exc.SQLAlchemyError as e:
+        raise LogError(f"prediction log: revoked keys unreadable: {first_line(e)}") from None
+
+
+def _utc(ts: datetime.datetime) -> datetime.datetime:
+    """SQLite hands back naive datetimes; every time the service writes is UTC."""
+    return ts.replace(tzinfo=datetime.UTC) if ts.tzinfo is None else ts
+
+
+def count_labels(engine: sa.Engine, since: datetime.datetime | None) -> int:
+    """Labels of keys not revoked sent after ``since`` (all of them for None)."""
+    f, k = feedback, feedback_keys
+    revoked = sa.select(k.c.name).where(k.c.revoked.is_not(None))
+    query = (
+        sa.select(sa.func.count())
+        .select_from(f)
+        .where(f.c.sender.is_not(None), f.c.sender.not_in(revoked))
+    )
+    if since is not None:
+        query = query.where(f.c.ts > since)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+    except sa.exc.SQLAlchemyError as e:
+        raise LogError(f"prediction log: labels unreadable: {first_line(e)}") from None

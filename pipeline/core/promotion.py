@@ -71,6 +71,7 @@ class Paired:
     n: int
     champion_only: int
     candidate_only: int
+    both_right: int | None = None  # (gates recorded before slices did not count it)
 
     @property
     def gain(self) -> float:
@@ -107,7 +108,7 @@ def paired(y: np.ndarray, champion_pred: np.ndarray, candidate_pred: np.ndarray)
     if not (len(y) == len(champion_pred) == len(candidate_pred)) or len(y) == 0:
         raise ValueError("both models must be scored on the same, non-empty set of images")
     a, b = champion_pred == y, candidate_pred == y
-    return Paired(len(y), int((a & ~b).sum()), int((~a & b).sum()))
+    return Paired(len(y), int((a & ~b).sum()), int((~a & b).sum()), int((a & b).sum()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +140,86 @@ def decide(result: Paired | None, alpha: float, min_gain: float) -> Decision:
     if gain < min_gain:
         return Decision("kept", f"{facts}; gain < register.min_gain {min_gain:g})")
     return Decision("promoted", f"{facts} < {alpha:g})")
+
+
+# --- The gate on every slice: MNIST's test split and the production slice -------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One slice's outcome: ``better`` (significantly, by at least min_gain), ``worse``
+    (the one-sided bound allows a loss over max_loss), ``even`` or ``small`` (too few
+    images for the test: said, and not blocking)."""
+
+    slice: str
+    status: Literal["better", "worse", "even", "small"]
+    line: str
+    lower_pts: float | None  # the one-sided (1 - alpha) lower bound of the gain, in points
+
+
+def lower_bound(result: Paired, alpha: float) -> float:
+    """One-sided (1 − alpha) lower bound of the candidate's gain in points (paired Wald):
+    non-inferiority holds when it is above ``-max_loss``."""
+    b, c, n = result.champion_only, result.candidate_only, result.n
+    se = math.sqrt(max(0.0, b + c - (c - b) ** 2 / n)) / n
+    return result.gain - 100 * _z(1 - 2 * alpha) * se
+
+
+def judge(
+    name: str, result: Paired, alpha: float, min_gain: float, max_loss: float, min_images: int
+) -> Verdict:
+    """The verdict of one slice."""
+    if result.n < min_images:
+        return Verdict(name, "small", f"{name}: {result.n} images, too few for the test "
+                       f"(register.min_slice_images {min_images}): not blocking", None)  # fmt: skip
+    low, p = lower_bound(result, alpha), result.p_value
+    facts = (f"{name}: {result.gain:+.2f} pts, bound {low:+.2f}, p = {p:.3g}, "
+             f"{result.n} images")  # fmt: skip
+    if low < -max_loss:
+        return Verdict(name, "worse", f"{facts}: may be worse by more than register.max_loss "
+                       f"{max_loss:g} pts", low)  # fmt: skip
+    if result.gain > 0 and p < alpha and result.gain >= min_gain:
+        return Verdict(name, "better", f"{facts}: better", low)
+    return Verdict(name, "even", f"{facts}: not significantly better", low)
+
+
+def decide_slices(
+    results: Mapping[str, Paired], alpha: float, min_gain: float, max_loss: float,
+    min_images: int,
+) -> tuple[Decision, dict[str, Verdict]]:  # fmt: skip
+    """Promote when the candidate is significantly better on at least one slice and no
+    worse than ``max_loss`` points (one-sided bound) on any. With the test split alone
+    this is :func:`decide`, whose one-line reason it keeps."""
+    verdicts = {k: judge(k, r, alpha, min_gain, max_loss, min_images) for k, r in results.items()}
+    if set(results) == {"test"}:
+        return decide(results["test"], alpha, min_gain), verdicts
+    lines = "; ".join(v.line for v in verdicts.values())
+    if any(v.status == "worse" for v in verdicts.values()):
+        return Decision("kept", f"worse on a slice: {lines}"), verdicts
+    if any(v.status == "better" for v in verdicts.values()):
+        return Decision("promoted", lines), verdicts
+    return Decision("kept", f"better on no slice: {lines}"), verdicts
+
+
+def slice_record(result: Paired, verdict: Verdict) -> dict[str, object]:
+    """One slice in the gate record (champion.json, the card, the version's tags)."""
+    low, high = result.gain_interval()
+    record: dict[str, object] = {
+        "count": result.n,
+        "status": verdict.status,
+        "p_value": float(f"{result.p_value:.6g}"),
+        "accuracy_diff_pts": round(result.gain, 4),
+        "accuracy_diff_ci95_pts": [round(low, 4), round(high, 4)],
+        "lower_bound_pts": None if verdict.lower_pts is None else round(verdict.lower_pts, 4),
+    }
+    if result.both_right is not None:
+        record["champion_accuracy"] = round(
+            (result.both_right + result.champion_only) / result.n, 6
+        )
+        record["candidate_accuracy"] = round(
+            (result.both_right + result.candidate_only) / result.n, 6
+        )
+    return record
 
 
 def _z(confidence: float) -> float:
@@ -188,6 +269,7 @@ def gate_record(
         record |= {
             "p_value": float(f"{result.p_value:.6g}"),  # 3.1e-136 stays, not 0.0
             "discordant": [result.champion_only, result.candidate_only],
+            **({"both_right": result.both_right} if result.both_right is not None else {}),
             "accuracy_diff_pts": round(result.gain, 4),
             "accuracy_diff_ci95_pts": [round(low, 4), round(high, 4)],
         }
@@ -209,7 +291,9 @@ def reusable(record: Mapping[str, object], against: str, md5: str) -> Paired | N
     ):
         return None
     champion_only, candidate_only = (int(v) for v in discordant)
-    return Paired(int(images["count"]), champion_only, candidate_only)
+    both = record.get("both_right")
+    both_right = int(both) if isinstance(both, int) else None
+    return Paired(int(images["count"]), champion_only, candidate_only, both_right)
 
 
 def gate_tags(record: Mapping[str, object]) -> dict[str, str]:
@@ -226,4 +310,11 @@ def gate_tags(record: Mapping[str, object]) -> dict[str, str]:
     images = record.get("images")
     if isinstance(images, Mapping):
         tags[f"{GATE_TAG_PREFIX}images"] = f"{images['split']} ({images['count']})"
+    slices = record.get("slices")
+    for name, facts in slices.items() if isinstance(slices, Mapping) else ():
+        low, high = facts["accuracy_diff_ci95_pts"]
+        tags[f"{GATE_TAG_PREFIX}slice.{name}"] = (
+            f"{facts['status']}: {facts['accuracy_diff_pts']:+.2f} pts [{low:+.2f}, {high:+.2f}]"
+            f", p = {facts['p_value']:.3g}, {facts['count']} images"
+        )
     return tags

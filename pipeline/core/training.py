@@ -19,6 +19,7 @@ from pipeline.core.backend import keras, tf
 from pipeline.core.data import load_split
 from pipeline.core.errors import ParamsError, PipelineError
 from pipeline.core.hardware import bfloat16_problem
+from pipeline.core.layout import FEEDBACK_DIR, split_file
 from pipeline.core.metrics import float32_value
 from pipeline.core.model import build_lenet5
 from pipeline.core.params import Params, TrainParams
@@ -41,6 +42,27 @@ def train_split(cfg: TrainParams) -> tuple[np.ndarray, np.ndarray]:
     x, y = load_split("train")
     if cfg.max_samples is not None:
         x, y = x[: cfg.max_samples], y[: cfg.max_samples]
+    return x, y
+
+
+def feedback_split() -> tuple[np.ndarray, np.ndarray]:
+    """data/feedback/train.npz (the feedback stage's labelled production images); none
+    where that stage has not run (a sweep in a workspace without it)."""
+    if not split_file("train", FEEDBACK_DIR).exists():
+        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8)
+    return load_split("train", FEEDBACK_DIR)
+
+
+def mix(
+    mnist: tuple[np.ndarray, np.ndarray], feedback: tuple[np.ndarray, np.ndarray], repeat: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST's images, then each feedback image ``repeat`` times (the loop shuffles every
+    epoch). No feedback, or ``repeat`` 0: MNIST's arrays themselves, so the run is the one
+    it was before feedback existed."""
+    if repeat == 0 or len(feedback[1]) == 0:
+        return mnist
+    x = np.concatenate([mnist[0], np.tile(feedback[0], (repeat, 1, 1))])  # (N + r·F, 28, 28)
+    y = np.concatenate([mnist[1], np.tile(feedback[1], repeat)])
     return x, y
 
 
@@ -184,6 +206,7 @@ class Prepared:
     train: tuple[np.ndarray, np.ndarray]  # x: (N, 28, 28) uint8, y: (N,) uint8
     val: tuple[np.ndarray, np.ndarray]
     steps_per_epoch: int
+    feedback: tuple[np.ndarray, np.ndarray]  # the labelled production images mixed in
 
     def fit(self, callbacks: list[keras.callbacks.Callback]) -> Trained:
         """Train with the recipe; the history and the training's wall time."""
@@ -222,7 +245,8 @@ def prepare(params: Params) -> Prepared:
     """
     check_precision(params.train.precision)
     make_deterministic(params.train.seed)
-    train = train_split(params.train)
+    feedback = feedback_split()
+    train = mix(train_split(params.train), feedback, params.train.feedback_repeat)
     val = load_split("val")
     steps = math.ceil(len(train[0]) / params.train.batch_size)
-    return Prepared(params, compile_model(params, steps), train, val, steps)
+    return Prepared(params, compile_model(params, steps), train, val, steps, feedback)

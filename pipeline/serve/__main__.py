@@ -1,4 +1,5 @@
-"""``python -m pipeline.serve [--host H] [--port N] [--workers N]`` (``make serve``).
+"""``python -m pipeline.serve [--host H] [--port N] [--workers N]`` (``make serve``), and
+``python -m pipeline.serve keys add NAME | list | revoke NAME`` (feedback keys).
 
 Serves ``models:/<register.model_name>@<register.alias>`` from the configured MLflow store
 (local SQLite, or the team server with the usual ``MLFLOW_TRACKING_*`` variables) with
@@ -15,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -34,6 +36,7 @@ def build_service(settings: dict):
     from pipeline.serve.app import Service
     from pipeline.serve.batcher import Batcher
     from pipeline.serve.champion import Champion
+    from pipeline.serve.keys import Keys
     from pipeline.serve.log import PredictionLog, Spool, open_engine
 
     tracking.use_store()
@@ -49,6 +52,8 @@ def build_service(settings: dict):
         ),
         max_body=int(cfg["max_body_mb"] * 2**20),
         log_pixels=cfg["log_pixels"],
+        keys=Keys(engine),
+        keys_for_predictions=cfg["keys_for_predictions"],
     )
 
 
@@ -87,6 +92,16 @@ def draining_server(config, drain_s: float):
 
 def main(argv: list[str] | None = None) -> None:
     params = load_params()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:  # python -m pipeline.serve keys add|list|revoke
+        from pipeline.serve import keys
+        from pipeline.serve.log import log_url, open_engine
+
+        engine = open_engine(log_url(params.serve.log_url))
+        try:
+            return keys.main(argv[1:], engine)
+        finally:
+            engine.dispose()
     parser = argparse.ArgumentParser(prog="python -m pipeline.serve", description=__doc__)
     parser.add_argument("--host", default=params.serve.host)
     parser.add_argument("--port", type=int, default=params.serve.port)

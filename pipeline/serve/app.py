@@ -27,7 +27,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.serve import metrics, protocol
 from pipeline.serve.batcher import Batcher, Overloaded
 from pipeline.serve.champion import WEBHOOK_SECRET_ENV, Champion, verify_webhook
-from pipeline.serve.log import PredictionLog, store_feedback
+from pipeline.serve.keys import KeyCheck, Keys
+from pipeline.serve.log import LogError, PredictionLog
 from pipeline.serve.protocol import BadRequest
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Service:
     batcher: Batcher
     max_body: int  # bytes
     log_pixels: bool
+    keys: Keys
+    keys_for_predictions: bool  # serve.keys_for_predictions: 401/403 without a valid key
 
 
 def _answer(
@@ -147,6 +150,7 @@ def create_app(make_service) -> FastAPI:
 
     app = FastAPI(title="lenet5-mnist scoring service", lifespan=lifespan, docs_url=None,
                   redoc_url=None)  # fmt: skip
+    app.add_middleware(KeyCheck)
 
     async def score(request: Request, endpoint: str, x: np.ndarray, start: float, ts, rid: str,
                     version: str | None = None):  # fmt: skip
@@ -254,15 +258,27 @@ def create_app(make_service) -> FastAPI:
 
     @app.post("/feedback")
     async def post_feedback(request: Request) -> Response:
+        """A true label, from a key's holder, for an image this service answered."""
         start = time.perf_counter()
+        svc: Service = request.app.state.svc
         try:
+            sender = await run_in_threadpool(
+                svc.keys.sender, request.headers.get("authorization"), True
+            )
             payload = protocol._json(await request.body())
             rid, digit, index = protocol.parse_feedback(payload)
+            if not await run_in_threadpool(svc.log.label, rid, index, digit, sender):
+                raise BadRequest(
+                    f"no image {index} of request {rid!r} in the prediction log: "
+                    "labels are taken for images this service answered",
+                    404,
+                )
         except BadRequest as e:
             return _error("feedback", e, start)
-        await run_in_threadpool(store_feedback, request.app.state.svc.log.engine, rid, index,
-                                digit)  # fmt: skip
-        body = orjson.dumps({"request_id": rid, "index": index, "digit": digit})
+        except LogError as e:  # the database is down: try again later, nothing half-stored
+            return _error("feedback", BadRequest(str(e), 503), start)
+        body = orjson.dumps({"request_id": rid, "index": index, "digit": digit,
+                             "sender": sender})  # fmt: skip
         return _answer("feedback", 200, body, start)
 
     @app.post("/webhooks/mlflow")

@@ -13,8 +13,10 @@ the next start. :meth:`PredictionLog.close` writes every row it can before it re
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -71,6 +73,20 @@ class PredictionLog:
                       self.spool.broken)  # fmt: skip
         self.dropped += len(x)
         metrics.LOG_DROPPED.inc(len(x))
+
+    def label(self, request_id: str, position: int, digit: int, sender: str) -> bool:
+        """Store a true label (:func:`store_feedback`). An image answered a moment ago may
+        still be in a spool: this process's is written first, and another replica's has
+        two flush intervals to arrive. False when the image is not in the log."""
+        if store_feedback(self.engine, request_id, position, digit, sender):
+            return True
+        target, deadline = self.handed, time.monotonic() + 3 * self.flush_s + 1
+        while self.written < target and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if store_feedback(self.engine, request_id, position, digit, sender):
+            return True
+        time.sleep(2 * self.flush_s)
+        return store_feedback(self.engine, request_id, position, digit, sender)
 
     def close(self) -> None:
         """Write every spooled row the database takes, then stop the writer."""
@@ -162,21 +178,32 @@ class PredictionLog:
         self._stop.wait(min(5.0, 0.1 * self.failures))  # (no wait once stopping)
 
 
-def store_feedback(engine: sa.Engine, request_id: str, position: int, digit: int) -> None:
-    """A true label for one logged image."""
-    import datetime
-
-    row = {
-        "request_id": request_id,
-        "position": position,
-        "digit": digit,
-        "ts": datetime.datetime.now(datetime.UTC),
-    }
+def store_feedback(
+    engine: sa.Engine, request_id: str, position: int, digit: int, sender: str
+) -> bool:
+    """``sender``'s true label for one logged image, replacing that sender's earlier one;
+    False (nothing stored) when the log has no such image."""
+    p, f = predictions, feedback
+    row = {"request_id": request_id, "position": position, "digit": digit, "sender": sender,
+           "ts": datetime.datetime.now(datetime.UTC)}  # fmt: skip
     try:
         with engine.begin() as conn:
-            conn.execute(feedback.insert(), [row])
+            known = conn.execute(
+                sa.select(p.c.id)
+                .where(p.c.request_id == request_id, p.c.position == position)
+                .limit(1)
+            ).first()
+            if known is None:
+                return False
+            conn.execute(
+                f.delete().where(
+                    f.c.request_id == request_id, f.c.position == position, f.c.sender == sender
+                )
+            )
+            conn.execute(f.insert(), [row])
     except sa.exc.SQLAlchemyError as e:
         raise LogError(f"feedback not stored: {first_line(e)}") from None
+    return True
 
 
 __all__ = [

@@ -236,6 +236,30 @@ def scoring_service(
     return server
 
 
+def feedback_key(project: Path, name: str, env: dict[str, str] | None = None) -> str:
+    """A new feedback key for ``name``, issued as a user would (``pipeline.serve keys add``)."""
+    cmd = [sys.executable, "-m", "pipeline.serve", "keys", "add", name]
+    return run(cmd, project, env).stdout.strip()
+
+
+def send_label(url: str, key: str | None, request_id: str, digit: int, index: int = 0):
+    """POST one true label to a scoring service: (HTTP status, parsed JSON answer)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"request_id": request_id, "index": index, "digit": digit}).encode()
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(f"{url}/feedback", body, headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def fashion_images():
     """Fashion-MNIST's 10,000 test images, (N, 28, 28) uint8, or None if not installed."""
     import gzip

@@ -15,13 +15,17 @@ from pipeline.core.promotion import (
     MODEL_COLUMN,
     Paired,
     decide,
+    decide_slices,
     gate_record,
     gate_tags,
+    judge,
     loss_of,
+    lower_bound,
     order,
     paired,
     rank_runs,
     reusable,
+    slice_record,
     wilson,
 )
 
@@ -143,7 +147,9 @@ def test_paired_counts_only_the_images_where_the_models_disagree():
     y = np.array([0, 1, 2, 3, 4, 5])
     champion = np.array([0, 1, 2, 9, 9, 5])  # wrong on 3 and 4
     candidate = np.array([0, 9, 2, 3, 4, 9])  # wrong on 1 and 5
-    assert paired(y, champion, candidate) == Paired(6, champion_only=2, candidate_only=2)
+    assert paired(y, champion, candidate) == Paired(
+        6, champion_only=2, candidate_only=2, both_right=2
+    )
     with pytest.raises(ValueError, match="same"):
         paired(y, champion[:5], candidate)
 
@@ -240,3 +246,64 @@ def test_reused_counts_are_decided_under_todays_policy():
     assert decide(counts, 0.05, 99.0).decision == "kept"
     assert "register.min_gain 99" in decide(counts, 0.05, 99.0).reason
     assert decide(counts, 0.05, 0.0).decision == "promoted"
+
+
+# --- every slice ----------------------------------------------------------------------
+
+
+def test_a_candidate_better_on_production_and_even_on_test_is_promoted():
+    test = Paired(10_000, 20, 22, 9_800)  # +0.02 pts: noise
+    production = Paired(300, 2, 40, 200)  # +12.7 pts
+    decision, verdicts = decide_slices({"test": test, "production": production}, 0.05, 0.0,
+                                       0.5, 100)  # fmt: skip
+    assert decision.promote and verdicts["production"].status == "better"
+    assert verdicts["test"].status == "even" and "production" in decision.reason
+
+
+def test_a_loss_beyond_max_loss_on_any_slice_blocks_even_a_big_gain():
+    test = Paired(10_000, 150, 40, 9_700)  # -1.1 pts on MNIST
+    production = Paired(300, 2, 40, 200)
+    decision, verdicts = decide_slices({"test": test, "production": production}, 0.05, 0.0,
+                                       0.5, 100)  # fmt: skip
+    assert decision.decision == "kept" and verdicts["test"].status == "worse"
+    assert "register.max_loss" in decision.reason
+
+
+def test_the_bound_is_one_sided_not_the_point_estimate():
+    """-0.3 pts measured is within max_loss 0.5, yet on 400 images the bound is far lower."""
+    small = Paired(400, 8, 7, 380)
+    assert small.gain == pytest.approx(-0.25)
+    assert lower_bound(small, 0.05) < -0.5
+    assert judge("production", small, 0.05, 0.0, 0.5, 100).status == "worse"
+    big = Paired(100_000, 800, 550, 98_000)  # -0.25 pts on 100,000 images: tight
+    assert judge("test", big, 0.05, 0.0, 0.5, 100).status == "even"
+
+
+def test_a_slice_too_small_says_so_and_does_not_block():
+    test = Paired(10_000, 20, 80, 9_800)  # +0.6 pts, p < 0.05
+    tiny = Paired(30, 10, 0, 15)  # would be -33 pts
+    decision, verdicts = decide_slices({"test": test, "production": tiny}, 0.05, 0.0, 0.5, 100)
+    assert decision.promote and verdicts["production"].status == "small"
+    assert "too few" in decision.reason
+
+
+def test_better_on_no_slice_is_kept_and_test_alone_decides_as_before():
+    even = Paired(10_000, 20, 22, 9_800)
+    decision, _ = decide_slices({"test": even, "production": Paired(5_000, 3, 4, 4_900)}, 0.05,
+                                0.0, 0.5, 100)  # fmt: skip
+    assert decision.decision == "kept" and "better on no slice" in decision.reason
+    alone, _ = decide_slices({"test": even}, 0.05, 0.0, 0.5, 100)
+    assert alone == decide(even, 0.05, 0.0)
+
+
+def test_a_slice_record_holds_both_accuracies_interval_and_p():
+    result = Paired(300, 2, 40, 200)
+    verdict = judge("production", result, 0.05, 0.0, 0.5, 100)
+    record = slice_record(result, verdict)
+    assert record["champion_accuracy"] == pytest.approx(202 / 300, abs=1e-6)
+    assert record["candidate_accuracy"] == pytest.approx(240 / 300, abs=1e-6)
+    low, high = record["accuracy_diff_ci95_pts"]
+    assert low < record["accuracy_diff_pts"] < high and record["p_value"] < 1e-6
+    assert record["status"] == "better"
+    tags = gate_tags({"slices": {"production": record}})
+    assert tags["gate.slice.production"].startswith("better: +12.67 pts")

@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.testing.project import clone_of, run, scoring_service, stage_env
+from pipeline.testing.project import (
+    clone_of,
+    feedback_key,
+    run,
+    scoring_service,
+    send_label,
+    stage_env,
+)
 from tests.stores import mlflow_client
 
 pytestmark = pytest.mark.slow
@@ -52,12 +59,10 @@ def replayed(smoke_project, tmp_path_factory):
     server = scoring_service(project, stage_env())
     with server:
         ids = send(server.url, x[:1000])
+        key = feedback_key(project, "labeller")
         for k, rid in enumerate(ids[:20]):  # 200 labelled images: the first 20 requests
             for j in range(10):
-                body = json.dumps({"request_id": rid, "index": j, "digit": int(y[10 * k + j])})
-                req = urllib.request.Request(f"{server.url}/feedback", body.encode(),
-                                             {"Content-Type": "application/json"})  # fmt: skip
-                urllib.request.urlopen(req, timeout=30).close()
+                assert send_label(server.url, key, rid, int(y[10 * k + j]), j)[0] == 200
         clean = monitor(project, "--last", "1000", "--out", "clean")
         send(server.url, 255 - x[1000:2000])
     inverted = monitor(project, "--last", "1000", "--out", "inverted", "--fail-on-drift",

@@ -4,9 +4,12 @@ the webhook's signature."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
+import re
 import sqlite3
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +19,15 @@ import pytest
 from PIL import Image
 
 from pipeline.core import imaging
-from pipeline.testing.project import clone_of, scoring_service, stage_env
+from pipeline.testing.project import (
+    clone_of,
+    feedback_key,
+    run,
+    scoring_service,
+    send_label,
+    set_params,
+    stage_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -124,7 +135,6 @@ BAD = [
         400,
         "values",
     ),  # fmt: skip
-    ("feedback", b'{"request_id": "x", "digit": 12}', 400, "digit"),
 ]
 
 
@@ -158,8 +168,10 @@ def test_feedback_is_stored_and_metrics_are_exposed(served):
         f"{url}/invocations", json.dumps({"inputs": [[[0] * 28] * 28]}).encode()
     )
     rid = headers["X-Request-Id"]
-    status, _, out = post(f"{url}/feedback", json.dumps({"request_id": rid, "digit": 3}).encode())
-    assert status == 200 and out == {"request_id": rid, "index": 0, "digit": 3}
+    key = feedback_key(project, "metrics-test")
+    status, out = send_label(url, key, rid, 3)
+    assert status == 200 and out == {"request_id": rid, "index": 0, "digit": 3,
+                                     "sender": "metrics-test"}  # fmt: skip
     with sqlite3.connect(project / "predictions.db") as db:
         assert db.execute("SELECT digit FROM feedback WHERE request_id = ?", (rid,)).fetchall() == [
             (3,)
@@ -174,6 +186,51 @@ def test_feedback_is_stored_and_metrics_are_exposed(served):
         "serve_model_version 1.0",
     ):
         assert line in text, line
+
+
+def test_feedback_needs_a_key_an_answered_image_and_a_digit(served):
+    """Only a key's holder labels, only images this service answered, each label with its
+    sender; a sender's second label replaces its first, another sender's is kept."""
+    project, url, proc = served
+    two = np.zeros((2, 28, 28), np.uint8).tolist()
+    _, headers, _ = post(f"{url}/invocations", json.dumps({"inputs": two}).encode())
+    rid = headers["X-Request-Id"]
+    alice, bob = feedback_key(project, "alice"), feedback_key(project, "bob")
+    assert alice.startswith("lnk_") and alice != bob
+
+    def refused(key, request_id, digit, index, status, words):
+        got, out = send_label(url, key, request_id, digit, index)
+        assert got == status, out
+        assert words in out["message"].lower() and "\n" not in out["message"]
+
+    refused(None, rid, 3, 0, 401, "key is needed")
+    refused("lnk_not-a-key", rid, 3, 0, 401, "unknown key")
+    refused(alice, "0" * 32, 3, 0, 404, "prediction log")  # an id the service never issued
+    refused(alice, rid, 3, 2, 404, "no image 2")  # the request had 2 images
+    refused(alice, rid, 12, 0, 400, "digit")
+    assert send_label(url, alice, rid, 3, 1)[0] == 200
+    assert send_label(url, alice, rid, 5, 1)[0] == 200  # replaces alice's 3
+    assert send_label(url, bob, rid, 8, 1)[0] == 200  # disagrees: both kept
+    with sqlite3.connect(project / "predictions.db") as db:
+        rows = db.execute("SELECT sender, digit FROM feedback WHERE request_id = ? AND "
+                          "position = 1 ORDER BY sender", (rid,)).fetchall()  # fmt: skip
+    assert rows == [("alice", 5), ("bob", 8)]
+    run([sys.executable, "-m", "pipeline.serve", "keys", "revoke", "alice"], project)
+    refused(alice, rid, 3, 0, 403, "revoked")
+    listed = run([sys.executable, "-m", "pipeline.serve", "keys", "list"], project).stdout
+    assert re.search(r"alice .* revoked .* 1 labels", listed), listed
+    assert re.search(r"bob .* active .* 1 labels", listed), listed
+    assert "lnk_" not in listed and alice not in (project / "predictions.db").read_bytes().decode(
+        "latin-1")  # only the hash is stored  # fmt: skip
+    assert proc.poll() is None
+    # The feedback stage takes bob's label alone now: alice's key was revoked.
+    set_params(project, feedback__until=datetime.datetime.now(datetime.UTC).isoformat())
+    run([sys.executable, "-m", "pipeline.feedback"], project)
+    taken = {}
+    for split in ("train", "holdout"):
+        with np.load(project / f"data/feedback/{split}.npz", allow_pickle=False) as z:
+            taken.update(zip(z["ids"].tolist(), z["y"].tolist(), strict=True))
+    assert taken[f"{rid}:1"] == 8 and f"{rid}:0" not in taken
 
 
 def metric(url: str, name: str) -> float:

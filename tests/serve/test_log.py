@@ -61,11 +61,33 @@ def test_a_database_that_is_down_at_exit_leaves_the_rows_for_the_next_start(tmp_
     assert count_rows(url) == 15 and list((tmp_path / "spool").iterdir()) == []
 
 
-def test_feedback_rows(tmp_path):
-    engine = open_engine(f"sqlite:///{tmp_path / 'p.db'}")
-    store_feedback(engine, "abc", 0, 7)
+def test_feedback_rows_are_taken_for_logged_images_one_per_sender(tmp_path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    plog = PredictionLog(open_engine(url), flush_s=0.01, spool=Spool(tmp_path / "spool"))
+    request(plog, 0, n=2)
+    plog.close()
+    engine = open_engine(url)
+    assert not store_feedback(engine, "never-answered", 0, 7, "alice")
+    assert not store_feedback(engine, "r0", 2, 7, "alice")  # the request had 2 images
+    assert store_feedback(engine, "r0", 1, 7, "alice")
+    assert store_feedback(engine, "r0", 1, 4, "alice")  # replaces the 7
+    assert store_feedback(engine, "r0", 1, 9, "bob")
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT request_id, digit FROM feedback")).all() == [("abc", 7)]
+        rows = conn.execute(sa.text("SELECT sender, digit FROM feedback ORDER BY sender")).all()
+    assert rows == [("alice", 4), ("bob", 9)]
+
+
+def test_a_log_made_before_senders_gets_the_column(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE feedback (id INTEGER PRIMARY KEY, request_id VARCHAR(36), "
+                     "position INTEGER, digit SMALLINT, ts DATETIME)")  # fmt: skip
+        conn.execute("INSERT INTO feedback VALUES (1, 'old', 0, 3, '2026-01-01 00:00:00')")
+    engine = open_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT digit, sender FROM feedback")).all() == [(3, None)]
 
 
 # --- the real service: answered means logged -------------------------------------------
