@@ -1,7 +1,9 @@
 """Stage ``register``: the best finished run becomes ``@champion`` only on evidence.
 
 - candidates: full pipeline runs only (FINISHED, evaluated, with a logged model), ranked by
-  ``register.metric`` on validation (:mod:`pipeline.core.promotion`);
+  ``register.metric`` on validation (:mod:`pipeline.core.promotion`); with labelled
+  production images in the workspace (the feedback stage), only the runs trained on that
+  very feedback split compete: the champion is then gated against the best of them;
 - the best one is registered as a version unless its run already has one. Several
   machines may register the same run at once: the lowest version of a run wins, any other
   is tagged ``duplicate_of`` and ignored everywhere (no timing guesses, EDIT permission is
@@ -39,15 +41,15 @@ import pandas as pd
 
 from pipeline.core import card, tracking
 from pipeline.core.cli import run
-from pipeline.core.data import atomic_write, load_split, split_md5, write_json
+from pipeline.core.data import atomic_write, file_md5, load_split, split_md5, write_json
 from pipeline.core.errors import PipelineError, TrackingError
 from pipeline.core.layout import CARD_FILE, CHAMPION_FILE, FEEDBACK_DIR, STORE_FILE, split_file
 from pipeline.core.params import RegisterParams, load_params
 from pipeline.core.promotion import (
-    CANDIDATE_FILTER,
     GATE_TAG_PREFIX,
     RANK_COLUMNS,
     Decision,
+    candidate_filter,
     decide,
     decide_slices,
     gate_record,
@@ -156,6 +158,14 @@ def gate(name: str, candidate: ModelVersion, champion: ModelVersion | None, cfg:
     return decision, record
 
 
+def _feedback_md5() -> str | None:
+    """The DVC hash of the workspace's feedback train split; None when it holds no image."""
+    path = split_file("train", FEEDBACK_DIR)
+    if not path.exists() or len(load_split("train", FEEDBACK_DIR)[1]) == 0:
+        return None
+    return file_md5(path)
+
+
 def _production_slice():
     """The feedback stage's holdout (x, y), or None when there is none or it is empty."""
     if not split_file("holdout", FEEDBACK_DIR).exists():
@@ -205,7 +215,8 @@ def main() -> None:
     cfg = params.register
     name = cfg.model_name
     experiment_id = tracking.connect(params.tracking.experiment)
-    runs = tracking.search_runs(experiment_id, CANDIDATE_FILTER, RANK_COLUMNS)
+    feedback_md5 = _feedback_md5()
+    runs = tracking.search_runs(experiment_id, candidate_filter(feedback_md5), RANK_COLUMNS)
     ranked = rank_runs(runs, cfg.metric)
     foreign = foreign_outputs(tracking.store_facts(params.tracking.experiment, workspace_run_id()))
     if ranked.empty:

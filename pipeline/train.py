@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
+
 from pipeline.core import plots, provenance, tracking, training
 from pipeline.core.backend import keras, tf
 from pipeline.core.cli import run
@@ -25,6 +27,7 @@ from pipeline.core.layout import (
     split_file,
 )
 from pipeline.core.params import load_params
+from pipeline.core.tags import FEEDBACK_MD5_TAG
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ def main() -> None:
         **provenance.git_tags(),
         **provenance.dvc_tags(),
         **{f"data.{s}.md5": h for s, h in md5.items()},
+        **_feedback_tag(prepared.feedback),
         "device": _device(),
     }
 
@@ -82,6 +86,14 @@ def main() -> None:
         "trained %d epochs in %.1f s; final val_accuracy %.4f",
         len(trained.history), trained.seconds, trained.final()["val_accuracy"],
     )  # fmt: skip
+
+
+def _feedback_tag(feedback: tuple[np.ndarray, np.ndarray]) -> dict[str, str]:
+    """``data.feedback.md5``: the feedback split this run trained on (register ranks the
+    runs of one feedback split together); none where there are no labelled images."""
+    if not len(feedback[1]):
+        return {}
+    return {FEEDBACK_MD5_TAG: file_md5(split_file("train", FEEDBACK_DIR))}
 
 
 def _feedback_counts() -> dict[str, float]:

@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pipeline.core.tags import MODEL_URI_TAG
+from pipeline.core.tags import FEEDBACK_MD5_TAG, MODEL_URI_TAG
 
 MODEL_COLUMN = f"tags.{MODEL_URI_TAG}"
 # FINISHED and evaluated (evaluate logs test_accuracy to the training's run).
@@ -34,6 +34,14 @@ RANK_COLUMNS = (
     "metrics.test_accuracy",
     "metrics.test_loss",
 )
+
+
+def candidate_filter(feedback_md5: str | None) -> str:
+    """Which runs compete: every candidate, or with labelled production images in the
+    workspace, the candidates trained on that very feedback split."""
+    if feedback_md5 is None:
+        return CANDIDATE_FILTER
+    return f"{CANDIDATE_FILTER} and tags.`{FEEDBACK_MD5_TAG}` = '{feedback_md5}'"
 
 
 def loss_of(metric: str) -> str:

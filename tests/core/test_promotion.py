@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 
 from pipeline.core.promotion import (
+    CANDIDATE_FILTER,
     MODEL_COLUMN,
     Paired,
+    candidate_filter,
     decide,
     decide_slices,
     gate_record,
@@ -307,3 +309,8 @@ def test_a_slice_record_holds_both_accuracies_interval_and_p():
     assert record["status"] == "better"
     tags = gate_tags({"slices": {"production": record}})
     assert tags["gate.slice.production"].startswith("better: +12.67 pts")
+
+
+def test_with_labelled_images_only_runs_of_that_feedback_split_compete():
+    assert candidate_filter(None) == CANDIDATE_FILTER
+    assert candidate_filter("abc").endswith("and tags.`data.feedback.md5` = 'abc'")
