@@ -157,6 +157,9 @@ def windows(n: int, size: int | None) -> list[slice]:
     return out
 
 
+REFERENCE_IMAGES = 48
+
+
 def profile(
     x: np.ndarray, probs: np.ndarray, embedding: np.ndarray | None
 ) -> dict[str, np.ndarray]:
@@ -174,6 +177,7 @@ def reference(x: np.ndarray, y: np.ndarray, probs: np.ndarray, embedding: np.nda
     """The reference of one model version: its :func:`profile` on labelled validation
     images, with ATC's threshold and the accuracy it was fitted to."""
     out = profile(x, probs, embedding)
+    out["images"] = x[:REFERENCE_IMAGES]  # what the monitor's report shows beside a window
     correct = out["digit"] == y
     out["atc_threshold"] = np.array(atc_threshold(out["confidence"], correct))
     out["accuracy"] = np.array(float(correct.mean()))

@@ -154,6 +154,7 @@ class MonitorParams:
     window: int | None = _field(10)
     p_value: float = _field(0, 0.5, lo_open=True)
     embedding_auc: float = _field(0.5, 1, lo_open=True)
+    untrusted_auc: float = _field(0.5, 1, lo_open=True)
     drift_share: float = _field(0, 1, lo_open=True)
     max_drop: float = _field(0, 100)
     bootstrap: int = _field(10, 100_000)

@@ -131,7 +131,14 @@ def main(argv: list[str] | None = None) -> None:
         "window": {"first": str(rows["ts"][0]), "last": str(rows["ts"][-1])},
         **result,
     }  # fmt: skip
-    html = report.write(args.out, out, steps)
+    columns = {
+        k.removeprefix("feature."): (ref[k], cur[k]) for k in cur if k.startswith("feature.")
+    }
+    columns["confidence"] = (ref["confidence"], cur["confidence"])
+    columns["predicted_digit"] = (ref["digit"], cur["digit"])
+    views = {"columns": columns, "pixels": pixels, "reference_images": ref.get("images"),
+             "confidence": cur["confidence"], "digit": cur["digit"]}  # fmt: skip
+    html = report.write(args.out, out, steps, views)
     log_run(params, out, steps, html)
     alert = _alert(out, cfg.max_drop)
     if args.push:

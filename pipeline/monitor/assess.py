@@ -48,6 +48,15 @@ def assess(
         "labeled": None,
         "labeled_images": 0,
     }
+    domain = columns.get("embedding_f6")
+    accuracy["trusted"] = domain is None or domain.statistic < cfg.untrusted_auc
+    if not accuracy["trusted"]:  # ATC extrapolates from validation: far from it, it guesses
+        accuracy["untrusted"] = (
+            f"the window is far outside the reference (the F6 embedding's domain classifier "
+            f"AUC {domain.statistic:.2f} >= monitor.untrusted_auc {cfg.untrusted_auc:g}), where a "
+            "label-free estimate cannot be trusted (ATC read 74.9 % on Fashion-MNIST, which "
+            "holds no digits). Label a sample to measure it."
+        )
     if intervals:
         accuracy["estimated_ci95"] = list(bootstrap_ci(
             confidence, lambda c: atc_estimate(c, threshold), cfg.bootstrap))  # fmt: skip

@@ -23,3 +23,7 @@ def test_windows_and_assess():
     assert out["accuracy"]["labeled"] == 1.0 and out["accuracy"]["labeled_images"] == 50
     assert set(out["drift"]["features"]) == {*mo.FEATURES, "confidence", "predicted_digit",
                                              "embedding_f6"}  # fmt: skip
+    assert out["accuracy"]["trusted"] is True
+    far = mo.profile(x[:300], probs[:300], ref["embedding"][:300] + 10.0)  # another domain
+    far_out = assess(ref, far, load_params().monitor, intervals=False)["accuracy"]
+    assert far_out["trusted"] is False and "monitor.untrusted_auc" in far_out["untrusted"]

@@ -103,6 +103,10 @@ def test_inverted_digits_drift_and_fail_the_check(replayed):
     assert out["drift"]["features"]["mean_ink"]["drifted"]
     assert out["drift"]["features"]["embedding_f6"]["drifted"]
     assert out["accuracy"]["labeled"] is None  # no feedback for these
+    assert (
+        out["accuracy"]["trusted"] is False and "cannot be trusted" in out["accuracy"]["untrusted"]
+    )
+    assert report(project, "clean")["accuracy"]["trusted"] is True
 
 
 def test_monitoring_runs_and_version_tags_in_mlflow(replayed):
@@ -164,5 +168,10 @@ def test_the_html_report_shows_the_drift_table_and_the_chart(replayed, tmp_path)
         assert "embedding_f6" in page.inner_text("#drift-table")
         size = page.eval_on_selector("#over-time", "img => [img.naturalWidth, img.complete]")
         assert size[0] > 100 and size[1]
+        assert "cannot be trusted" in page.inner_text("#estimate-untrusted")
+        for picture in ("#distributions", "#window-images", "#reference-images"):
+            width = page.eval_on_selector(picture, "img => img.complete && img.naturalWidth")
+            assert width > 100, picture
+        assert page.locator("#least-sure figure").count() == 24
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
