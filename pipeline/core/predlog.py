@@ -142,7 +142,7 @@ def read_window(
     """The logged images of a window, oldest first: ``--last`` N images, or those ``since``
     a time, of one ``version`` or all. Arrays: request_id, position, ts, model_version,
     digit, probabilities (N, 10), pixels (N, 28, 28 uint8, or None when not logged), and
-    label (the feedback's true digit, -1 where there is none)."""
+    label (the latest true digit sent by a key not revoked, -1 where there is none)."""
     p, f = predictions, feedback
     query = sa.select(p.c.id, p.c.request_id, p.c.position, p.c.ts, p.c.model_version,
                       p.c.digit, p.c.probabilities, p.c.pixels)  # fmt: skip
@@ -153,8 +153,10 @@ def read_window(
     query = query.order_by(p.c.id.desc())
     if last is not None:
         query = query.limit(last)
+    revoked = sa.select(feedback_keys.c.name).where(feedback_keys.c.revoked.is_not(None))
     labels = (
         sa.select(f.c.request_id, f.c.position, sa.func.max(f.c.id).label("latest"))
+        .where(sa.or_(f.c.sender.is_(None), f.c.sender.not_in(revoked)))  # revoked: untrusted
         .group_by(f.c.request_id, f.c.position)
         .subquery()
     )
