@@ -104,6 +104,7 @@ MNIST_DIR   ?= ../shared/mnist
 SMOKE_ARGS  ?= -S train.max_samples=2000 -S train.epochs=1
 
 .PHONY: mnist-mirror smoke report report-summary pr-comment ci-repro ci-push ci-register
+.PHONY: ci-pull ci-retrain retrain-pr
 
 # The four MNIST files in $(MNIST_DIR), where the test suite expects them: the download
 # stage alone (MNIST_MIRROR if set, else the public mirrors of params.yaml).
@@ -144,3 +145,24 @@ ci-push: setup
 
 ci-register: setup
 	$(BIN)/python -m pipeline.register
+
+# Scheduled retrain (.github/workflows/retrain.yml): the outputs from the DVC remote, the
+# monitor (make monitor), a retrain if needed, the report, and a pull request of it.
+ci-pull: setup
+	if [ -n "$$($(BIN)/dvc remote list)" ]; then $(BIN)/dvc pull --allow-missing; fi
+
+ci-retrain: setup
+	$(BIN)/python -m pipeline.retrain --if-needed
+
+# A retrain/<time> branch with params.yaml (the new feedback.until), dvc.lock and the small
+# outputs, its data pushed to the DVC remote, and a pull request with the report as body.
+# Nothing retrained (params.yaml unchanged): nothing to propose.
+retrain-pr:
+	if git diff --quiet -- params.yaml; then echo "no retrain: nothing to propose"; exit 0; fi; \
+	branch="retrain/$$(date -u +%Y%m%d-%H%M)"; \
+	git switch -c "$$branch" && git add params.yaml dvc.lock data && \
+	git -c user.name="pipeline retrain" -c user.email="retrain@users.noreply.github.com" \
+		commit -qm "Retrain on the labels up to $$(date -u +%FT%TZ)" && \
+	$(BIN)/dvc push && git push origin "$$branch" && \
+	gh pr create --head "$$branch" --title "Retrain on production labels" \
+		--body-file $(REPORT_DIR)/report.md

@@ -34,6 +34,10 @@ TARGET_TESTS = {
     "ci-repro": "test_targets_run_here",
     "ci-push": "test_targets_run_here",
     "ci-register": "test_targets_run_here",
+    "monitor": "test_targets_run_here (make -n); tests/monitor runs its command",
+    "ci-pull": "test_targets_run_here",
+    "ci-retrain": "test_targets_run_here (make -n); the retrain module's tests run it",
+    "retrain-pr": "test_retrain_pr_target",
 }
 
 
@@ -62,7 +66,7 @@ def makefile_targets() -> set[str]:
 
 
 def test_actionlint_passes_on_every_workflow():
-    assert {p.name for p in WORKFLOWS} == {"pr.yml", "main.yml"}
+    assert {p.name for p in WORKFLOWS} == {"pr.yml", "main.yml", "retrain.yml"}
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     assert (VENV_BIN / "shellcheck").exists()  # so actionlint checks the run: scripts too
     proc = subprocess.run(
@@ -100,9 +104,12 @@ def test_workflows_hold_no_secret_in_a_command_and_minimal_permissions():
         flow = yaml.safe_load(path.read_text())
         assert flow["permissions"] == {"contents": "read"}, path.name
         for job in flow["jobs"].values():
+            # Only the scheduled retrain pushes (its retrain/ branch for the pull request).
+            pushes = {("contents", "write")} if path.name == "retrain.yml" else set()
             assert set(job.get("permissions", {}).items()) <= {
                 ("contents", "read"),
                 ("pull-requests", "write"),
+                *pushes,
             }
             for key, value in job.get("env", {}).items():
                 if key.startswith("MLFLOW_"):
@@ -124,6 +131,37 @@ def test_targets_run_here():
     out = make("-n", "ci-repro", "ci-push", "ci-register", "setup").stdout
     assert "/dvc pull --allow-missing" in out and "/dvc repro" in out
     assert "/dvc push" in out and "/python -m pipeline.register" in out
+    out = make("-n", "ci-pull", "monitor", "ci-retrain").stdout
+    assert "/dvc pull --allow-missing" in out and "/python -m pipeline.monitor" in out
+    assert "/python -m pipeline.retrain --if-needed" in out
+
+
+def test_retrain_pr_target(tmp_path):
+    """Nothing retrained: nothing proposed. Retrained: a retrain/ branch with params.yaml,
+    dvc.lock and the outputs committed and pushed, then dvc push and gh pr create (here
+    stand-ins that record their arguments: no DVC remote or GitHub to reach)."""
+    project = copy_project(tmp_path / "p")
+    calls, fake = tmp_path / "calls", tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("gh", "dvc"):
+        (fake / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n')
+        (fake / tool).chmod(0o755)
+    env = stage_env(PATH=f"{fake}{os.pathsep}{stage_env()['PATH']}")
+    run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], project)
+    run(["git", "remote", "add", "origin", str(tmp_path / "origin.git")], project)
+    out = make("retrain-pr", f"BIN={fake}", cwd=project, env=env).stdout
+    assert "nothing to propose" in out and not calls.exists()
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("until: null", "until: '2026-12-06T10:00:00Z'"))
+    make("retrain-pr", f"BIN={fake}", cwd=project, env=env)
+    branch = run(["git", "branch", "--show-current"], project).stdout.strip()
+    assert branch.startswith("retrain/")
+    shown = run(["git", "show", "--stat", "--format=%s", "HEAD"], project).stdout
+    assert "Retrain on the labels up to" in shown and "params.yaml" in shown
+    assert run(["git", "ls-remote", "--heads", "origin", branch], project).stdout.strip()
+    assert calls.read_text().splitlines() == [
+        "dvc push", f"gh pr create --head {branch} --title Retrain on production labels "
+        "--body-file report/report.md"]  # fmt: skip
     # system-deps for real: .ci/run ran it before the suite, so it has nothing to install.
     assert "installing" not in make("system-deps").stdout
 
