@@ -80,3 +80,25 @@ def test_load_split_refuses_pickled_arrays(tmp_path):
     np.savez(tmp_path / "train.npz", x=np.array([{"evil": 1}], dtype=object), y=np.zeros(1))
     with pytest.raises(DataError, match="unreadable"):
         load_split("train", tmp_path)
+
+
+def test_a_split_is_the_same_bytes_whenever_written_and_never_half_written(tmp_path, monkeypatch):
+    import time
+
+    x, y = np.zeros((3, 28, 28), np.uint8), np.arange(3, dtype=np.uint8)
+    path = tmp_path / "s.npz"
+    save_split(path, x, y, ids=np.array(["a:0", "b:0", "c:0"]))
+    first = path.read_bytes()
+    later = time.time() + 3600  # np.savez stamps each member with the time of writing
+    monkeypatch.setattr(time, "time", lambda: later)
+    save_split(path, x, y, ids=np.array(["a:0", "b:0", "c:0"]))
+    assert path.read_bytes() == first
+
+    def dies(f, array, **kw):
+        f.write(b"half")
+        raise KeyboardInterrupt  # killed mid-way
+
+    monkeypatch.setattr(np.lib.format, "write_array", dies)
+    with pytest.raises(KeyboardInterrupt):
+        save_split(path, x + 1, y)
+    assert path.read_bytes() == first and [p.name for p in tmp_path.iterdir()] == ["s.npz"]
