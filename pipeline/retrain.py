@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         raise PipelineError(f"cannot tell whether to retrain: {e}") from None
     if why is None:
         return
-    until = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+    until = datetime.datetime.now(datetime.UTC).isoformat()  # (a label a moment ago counts)
     old = PARAMS_FILE.read_text()
     PARAMS_FILE.write_text(set_until(old, until))
     log.info("retraining (%s) on the labels up to %s: dvc repro", why, until)
