@@ -107,6 +107,7 @@ class RegisterParams:
     alpha: float = _field(0, 0.5, lo_open=True)
     min_gain: float = _field(0, 100)
     max_loss: float = _field(0, 100)
+    production_max_loss: float = _field(0, 100)
     min_slice_images: int = _field(1)
 
 

@@ -184,7 +184,7 @@ def judge(
     facts = (f"{name}: {result.gain:+.2f} pts, bound {low:+.2f}, p = {p:.3g}, "
              f"{result.n} images")  # fmt: skip
     if low < -max_loss:
-        return Verdict(name, "worse", f"{facts}: may be worse by more than register.max_loss "
+        return Verdict(name, "worse", f"{facts}: may be worse by more than its margin, "
                        f"{max_loss:g} pts", low)  # fmt: skip
     if result.gain > 0 and p < alpha and result.gain >= min_gain:
         return Verdict(name, "better", f"{facts}: better", low)
@@ -192,13 +192,15 @@ def judge(
 
 
 def decide_slices(
-    results: Mapping[str, Paired], alpha: float, min_gain: float, max_loss: float,
-    min_images: int,
+    results: Mapping[str, Paired], alpha: float, min_gain: float,
+    max_loss: float | Mapping[str, float], min_images: int,
 ) -> tuple[Decision, dict[str, Verdict]]:  # fmt: skip
     """Promote when the candidate is significantly better on at least one slice and no
-    worse than ``max_loss`` points (one-sided bound) on any. With the test split alone
-    this is :func:`decide`, whose one-line reason it keeps."""
-    verdicts = {k: judge(k, r, alpha, min_gain, max_loss, min_images) for k, r in results.items()}
+    worse than its margin, ``max_loss`` points (one per slice, or one for all), on any:
+    a one-sided bound, not a point estimate. With the test split alone this is
+    :func:`decide`, whose one-line reason it keeps."""
+    margin = max_loss if isinstance(max_loss, Mapping) else dict.fromkeys(results, max_loss)
+    verdicts = {k: judge(k, r, alpha, min_gain, margin[k], min_images) for k, r in results.items()}
     if set(results) == {"test"}:
         return decide(results["test"], alpha, min_gain), verdicts
     lines = "; ".join(v.line for v in verdicts.values())
