@@ -6,8 +6,9 @@
 1. In a temporary copy of the project a champion is trained on MNIST with
    benchmarks/recipes.yaml's ``fast`` recipe (``dvc repro``) and served by
    ``python -m pipeline.serve`` (``serve.poll_s`` 1).
-2. Shifted traffic goes to the service: test digits rotated by up to ±40° and digits with
-   heavy strokes (a 4×4 grey dilation), half each, in requests of 10.
+2. Shifted traffic goes to the service, a third each, in requests of 10: test digits
+   rotated by up to ±40°, inverted (dark on light), and with heavy strokes (a 4×4 grey
+   dilation).
 3. N of them are labelled through ``POST /feedback`` with a key, for each N of
    ``--labels``; each N starts from a copy of the same champion.
 4. ``python -m pipeline.retrain`` runs (``make retrain``'s command), timed until the
@@ -58,7 +59,13 @@ def heavy(x: np.ndarray, seed: int) -> np.ndarray:
     return ndimage.grey_dilation(x, size=(1, 4, 4), mode="constant", cval=0)
 
 
-SHIFTS = {"rotate_40deg": rotated, "heavy_strokes": heavy}
+def inverted(x: np.ndarray, seed: int) -> np.ndarray:
+    return 255 - x
+
+
+# Rotations and inversion each cost the fast champion 20 points or more; heavy strokes
+# cost less (9 points) and show a milder shift in the same traffic.
+SHIFTS = {"rotate_40deg": rotated, "inverted": inverted, "heavy_strokes": heavy}
 
 
 def champion(base: Path, env: dict[str, str], overrides: list[str]) -> Path:
@@ -121,9 +128,10 @@ def retrain(project: Path, env: dict, url: str, old: str) -> tuple[float, str, d
 
 
 def traffic(x: np.ndarray, seed: int) -> np.ndarray:
-    """Half rotated, half heavy strokes, interleaved."""
+    """Each shift in turn: image i gets shift i mod 3."""
     out = x.copy()
-    out[0::2], out[1::2] = rotated(x[0::2], seed), heavy(x[1::2], seed)
+    for k, shift in enumerate(SHIFTS.values()):
+        out[k :: len(SHIFTS)] = shift(x[k :: len(SHIFTS)], seed)
     return out
 
 
