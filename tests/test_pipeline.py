@@ -48,7 +48,10 @@ def test_an_edit_reruns_only_the_stages_that_use_it(smoke_project, tmp_path):
 def test_dvc_metrics_and_plots(smoke_project, tmp_path):
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], smoke_project).stdout)
     files = metrics[""]["data"]
-    assert set(files) == {"data/eval/metrics.json", "data/train/metrics.json"}
+    assert set(files) == {"data/eval/metrics.json", "data/train/metrics.json",
+                          "data/feedback/summary.json"}  # fmt: skip
+    feedback = files["data/feedback/summary.json"]["data"]
+    assert feedback["images"] == 0 and feedback["until"] is None  # no service, no labels
     scores = files["data/eval/metrics.json"]["data"]
     assert 0 < scores["test_accuracy"] <= 1 and scores["test_loss"] > 0
     train = files["data/train/metrics.json"]["data"]

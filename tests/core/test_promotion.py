@@ -325,3 +325,9 @@ def test_each_slice_has_its_own_margin():
     own, verdicts = decide_slices({"test": test, "production": production}, 0.05, 0.0,
                                   {"test": 0.5, "production": 3.0}, 100)  # fmt: skip
     assert own.promote and verdicts["production"].status == "even"
+
+
+def test_an_alpha_too_small_to_pass_still_gives_a_bound():
+    result = Paired(10_000, 20, 80, 9_800)
+    assert lower_bound(result, 1e-300) < lower_bound(result, 0.05) < result.gain
+    assert judge("test", result, 1e-300, 0.0, 0.5, 100).status == "even"  # p >= alpha

@@ -141,7 +141,11 @@ def connect(experiment: str) -> str:
                     raise
         for key, value in EXPERIMENT_KIND.items():  # stores made before the tag existed
             if key not in exp.tags:
-                client().set_experiment_tag(exp.experiment_id, key, value)
+                try:
+                    client().set_experiment_tag(exp.experiment_id, key, value)
+                except mlflow.exceptions.MlflowException:  # another machine set it first
+                    if mlflow.get_experiment(exp.experiment_id).tags.get(key) != value:
+                        raise
         return exp.experiment_id
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"tracking store {redact(uri)}: {error_line(e)}") from None
