@@ -51,7 +51,7 @@ def test_dvc_metrics_and_plots(smoke_project, tmp_path):
     assert set(files) == {"data/eval/metrics.json", "data/train/metrics.json",
                           "data/feedback/summary.json"}  # fmt: skip
     feedback = files["data/feedback/summary.json"]["data"]
-    assert feedback["images"] == 0 and feedback["until"] is None  # no service, no labels
+    assert feedback["images"] == 0 and feedback["labels"] == 0  # no service, no labels
     scores = files["data/eval/metrics.json"]["data"]
     assert 0 < scores["test_accuracy"] <= 1 and scores["test_loss"] > 0
     train = files["data/train/metrics.json"]["data"]
