@@ -9,7 +9,8 @@ service follows ``@champion`` as it always does.
 ``--if-needed`` retrains only when the monitor found drift on the champion (its
 ``monitor.drift_detected`` tag) or at least ``retrain.min_labels`` labels arrived since the
 last cut-off, and says which. A failure (the log unreachable, training stopped mid-way)
-is one line and a non-zero exit; params.yaml is put back, and the champion is unchanged.
+is one line and a non-zero exit; params.yaml and the outputs DVC removed are put back, and
+the champion is unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import datetime
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -70,6 +72,14 @@ def set_until(text: str, until: str) -> str:
     raise PipelineError(f"{PARAMS_FILE}: no feedback.until key to set")
 
 
+def small_outputs() -> dict[Path, bytes]:
+    """The bytes of every file git tracks under data/ (metrics, plot data, champion.json:
+    the outputs DVC does not cache, so ``dvc checkout`` cannot bring them back)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "data"], capture_output=True)
+    names = listed.stdout.decode().split("\0") if listed.returncode == 0 else []
+    return {Path(n): Path(n).read_bytes() for n in names if n and Path(n).is_file()}
+
+
 def gate_lines(champion_json: Path) -> list[str]:
     """Register's verdict per slice, champion against candidate, from champion.json."""
     record = json.loads(champion_json.read_text()).get("gate") or {}
@@ -101,13 +111,23 @@ def main(argv: list[str] | None = None) -> None:
     old = PARAMS_FILE.read_text()
     PARAMS_FILE.write_text(set_until(old, until))
     log.info("retraining (%s) on the labels up to %s: dvc repro", why, until)
-    beside = Path(sys.executable).with_name("dvc")  # this environment's DVC, else PATH's
-    dvc = str(beside) if beside.exists() else "dvc"
-    proc = subprocess.run([dvc, "repro"], stdout=sys.stderr)  # DVC's progress, as it goes
-    if proc.returncode != 0:
-        PARAMS_FILE.write_text(old)  # (the champion never moved: register did not run)
-        raise PipelineError(f"dvc repro failed (exit {proc.returncode}); params.yaml is put "
-                            "back and the champion is unchanged")  # fmt: skip
+    # This environment's DVC, and its python for the stages' `python -m` (as make does).
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    dvc = str(bin_dir / "dvc") if (bin_dir / "dvc").exists() else "dvc"
+    kept = small_outputs()
+    proc = subprocess.run([dvc, "repro"], stdout=sys.stderr, env=env)  # DVC's progress
+    if proc.returncode != 0:  # the champion never moved: register did not run
+        PARAMS_FILE.write_text(old)
+        # dvc repro removed the failed stage's outputs before running it: the cached ones
+        # come back from the cache, the small ones git tracks from before.
+        subprocess.run([dvc, "checkout", "--quiet"], stdout=sys.stderr, env=env)
+        for path, data in kept.items():
+            if not path.exists() or path.read_bytes() != data:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+        raise PipelineError(f"dvc repro failed (exit {proc.returncode}); params.yaml and the "
+                            "outputs are put back and the champion is unchanged")  # fmt: skip
     for line in gate_lines(CHAMPION_FILE):
         log.info("%s", line)
     log.info("ready to commit: git add params.yaml dvc.lock data && git commit -m "

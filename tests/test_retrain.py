@@ -129,8 +129,11 @@ def test_a_failed_retrain_puts_params_back_and_keeps_the_champion(looped, tmp_pa
     before = (project / "params.yaml").read_text()
     (project / "predictions.db").write_bytes(b"not a database" * 100)
     proc = retrain(project, check=False)
-    assert proc.returncode == 1 and "params.yaml is put back" in proc.stderr.splitlines()[-1]
+    assert proc.returncode == 1 and "params.yaml and the outputs are put back" in (
+        proc.stderr.splitlines()[-1])  # fmt: skip
     assert (project / "params.yaml").read_text() == before
+    # dvc repro had removed the feedback stage's outputs before it failed: all back
+    assert "deleted" not in run(["dvc", "status"], project).stdout
     assert aliases(project)["champion"] == looped["after shift"]["champion"]
 
 
