@@ -11,14 +11,14 @@
 - gate: the candidate and the current champion are scored on the same images of every
   slice, MNIST's test split and the production slice (the feedback stage's holdout); on
   each, an exact McNemar test on the images where they disagree, and a one-sided bound of
-  the loss. Promoted (significantly better on a slice, no worse than ``register.max_loss``
-  points on any; a slice under ``register.min_slice_images`` says so and does not block):
-  ``@champion`` moves. Otherwise the candidate becomes ``@challenger`` and the champion
-  stays. No champion yet: the first one is promoted without a test. The gate's numbers
-  (each slice's too) are tags on the candidate's version, metrics of its run and ``gate``
-  in champion.json; a version already scored against the same champion on the same test
-  images is not scored again, but its counts are decided anew under today's
-  ``register.alpha`` and ``min_gain``;
+  the loss. Promoted (significantly better on a slice, no worse than its margin on any:
+  ``register.max_loss`` on test, ``register.production_max_loss`` on production; a slice
+  under ``register.min_slice_images`` says so and does not block): ``@champion`` moves.
+  Otherwise the candidate becomes ``@challenger`` and the champion stays. No champion yet:
+  the first one is promoted without a test. The gate's numbers (each slice's too) are tags
+  on the candidate's version, metrics of its run and ``gate`` in champion.json; a version
+  already scored against the same champion on the same test images is not scored again,
+  but its counts are decided anew under today's ``register.alpha`` and ``min_gain``;
 - two machines moving the alias at once: after a move the alias is read back, and if
   another version took it, the two are gated against each other the same way;
 - writes data/register/champion.json (the champion, the store, the ranking metric, the
@@ -41,7 +41,14 @@ import pandas as pd
 
 from pipeline.core import card, tracking
 from pipeline.core.cli import run
-from pipeline.core.data import atomic_write, file_md5, load_split, split_md5, write_json
+from pipeline.core.data import (
+    atomic_write,
+    file_md5,
+    load_split,
+    load_split_or_empty,
+    split_md5,
+    write_json,
+)
 from pipeline.core.errors import PipelineError, TrackingError
 from pipeline.core.layout import CARD_FILE, CHAMPION_FILE, FEEDBACK_DIR, STORE_FILE, split_file
 from pipeline.core.params import RegisterParams, load_params
@@ -167,17 +174,14 @@ def margins(cfg: RegisterParams) -> dict[str, float]:
 
 def _feedback_md5() -> str | None:
     """The DVC hash of the workspace's feedback train split; None when it holds no image."""
-    path = split_file("train", FEEDBACK_DIR)
-    if not path.exists() or len(load_split("train", FEEDBACK_DIR)[1]) == 0:
+    if len(load_split_or_empty("train", FEEDBACK_DIR)[1]) == 0:
         return None
-    return file_md5(path)
+    return file_md5(split_file("train", FEEDBACK_DIR))
 
 
 def _production_slice():
-    """The feedback stage's holdout (x, y), or None when there is none or it is empty."""
-    if not split_file("holdout", FEEDBACK_DIR).exists():
-        return None
-    x, y = load_split("holdout", FEEDBACK_DIR)
+    """The feedback stage's holdout (x, y), or None when it holds no image."""
+    x, y = load_split_or_empty("holdout", FEEDBACK_DIR)
     return (x, y) if len(y) else None
 
 

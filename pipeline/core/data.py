@@ -151,6 +151,14 @@ def load_split(name: str, directory: Path = PREPARED_DIR) -> tuple[np.ndarray, n
     return x, y
 
 
+def load_split_or_empty(name: str, directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`load_split`, or no images where the split was never written (the feedback
+    stage's splits in a workspace that has not run it)."""
+    if not split_file(name, directory).exists():
+        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8)
+    return load_split(name, directory)
+
+
 def write_json(path: Path, obj: object) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))

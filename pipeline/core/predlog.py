@@ -153,10 +153,9 @@ def read_window(
     query = query.order_by(p.c.id.desc())
     if last is not None:
         query = query.limit(last)
-    revoked = sa.select(feedback_keys.c.name).where(feedback_keys.c.revoked.is_not(None))
     labels = (
         sa.select(f.c.request_id, f.c.position, sa.func.max(f.c.id).label("latest"))
-        .where(sa.or_(f.c.sender.is_(None), f.c.sender.not_in(revoked)))  # revoked: untrusted
+        .where(sa.or_(f.c.sender.is_(None), f.c.sender.not_in(_revoked())))  # untrusted
         .group_by(f.c.request_id, f.c.position)
         .subquery()
     )
@@ -203,12 +202,16 @@ def read_labels(engine: sa.Engine, until: datetime.datetime) -> list[Label]:
 
 def revoked_senders(engine: sa.Engine) -> set[str]:
     """The names of every revoked feedback key, whenever it was revoked."""
-    k = feedback_keys
     try:
         with engine.connect() as conn:
-            return set(conn.execute(sa.select(k.c.name).where(k.c.revoked.is_not(None))).scalars())
+            return set(conn.execute(_revoked()).scalars())
     except sa.exc.SQLAlchemyError as e:
         raise LogError(f"prediction log: revoked keys unreadable: {first_line(e)}") from None
+
+
+def _revoked() -> sa.Select:
+    """The names of the revoked feedback keys (a subquery of the label queries)."""
+    return sa.select(feedback_keys.c.name).where(feedback_keys.c.revoked.is_not(None))
 
 
 def _utc(ts: datetime.datetime) -> datetime.datetime:
@@ -218,12 +221,11 @@ def _utc(ts: datetime.datetime) -> datetime.datetime:
 
 def count_labels(engine: sa.Engine, since: datetime.datetime | None) -> int:
     """Labels of keys not revoked sent after ``since`` (all of them for None)."""
-    f, k = feedback, feedback_keys
-    revoked = sa.select(k.c.name).where(k.c.revoked.is_not(None))
+    f = feedback
     query = (
         sa.select(sa.func.count())
         .select_from(f)
-        .where(f.c.sender.is_not(None), f.c.sender.not_in(revoked))
+        .where(f.c.sender.is_not(None), f.c.sender.not_in(_revoked()))
     )
     if since is not None:
         query = query.where(f.c.ts > since)

@@ -16,10 +16,10 @@ import pandas as pd
 
 from pipeline.core import cli, loop
 from pipeline.core.backend import keras, tf
-from pipeline.core.data import load_split
+from pipeline.core.data import load_split, load_split_or_empty
 from pipeline.core.errors import ParamsError, PipelineError
 from pipeline.core.hardware import bfloat16_problem
-from pipeline.core.layout import FEEDBACK_DIR, split_file
+from pipeline.core.layout import FEEDBACK_DIR
 from pipeline.core.metrics import float32_value
 from pipeline.core.model import build_lenet5
 from pipeline.core.params import Params, TrainParams
@@ -43,14 +43,6 @@ def train_split(cfg: TrainParams) -> tuple[np.ndarray, np.ndarray]:
     if cfg.max_samples is not None:
         x, y = x[: cfg.max_samples], y[: cfg.max_samples]
     return x, y
-
-
-def feedback_split() -> tuple[np.ndarray, np.ndarray]:
-    """data/feedback/train.npz (the feedback stage's labelled production images); none
-    where that stage has not run (a sweep in a workspace without it)."""
-    if not split_file("train", FEEDBACK_DIR).exists():
-        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8)
-    return load_split("train", FEEDBACK_DIR)
 
 
 def mix(
@@ -245,7 +237,7 @@ def prepare(params: Params) -> Prepared:
     """
     check_precision(params.train.precision)
     make_deterministic(params.train.seed)
-    feedback = feedback_split()
+    feedback = load_split_or_empty("train", FEEDBACK_DIR)  # labelled production images
     train = mix(train_split(params.train), feedback, params.train.feedback_repeat)
     val = load_split("val")
     steps = math.ceil(len(train[0]) / params.train.batch_size)

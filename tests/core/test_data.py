@@ -102,3 +102,12 @@ def test_a_split_is_the_same_bytes_whenever_written_and_never_half_written(tmp_p
     with pytest.raises(KeyboardInterrupt):
         save_split(path, x + 1, y)
     assert path.read_bytes() == first and [p.name for p in tmp_path.iterdir()] == ["s.npz"]
+
+
+def test_a_split_never_written_loads_as_no_images(tmp_path):
+    from pipeline.core.data import load_split_or_empty
+
+    x, y = load_split_or_empty("train", tmp_path)
+    assert x.shape == (0, 28, 28) and x.dtype == np.uint8 and len(y) == 0
+    save_split(tmp_path / "train.npz", np.ones((2, 28, 28), np.uint8), np.array([1, 2], np.uint8))
+    assert load_split_or_empty("train", tmp_path)[1].tolist() == [1, 2]
