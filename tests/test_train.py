@@ -64,7 +64,7 @@ def test_interrupt_marks_the_run_killed_and_leaves_no_model(smoke_project, tmp_p
     assert not (project / "data/train/model.keras").exists()
     assert not [p for p in (project / "data/train").iterdir() if p.name.startswith(".")]
     newest = newest_run(project)
-    assert newest.info.status == "KILLED"
+    assert newest.info.status == "KILLED", "".join(lines) + rest
     assert json.loads((project / "data/train/run.json").read_text())["run_id"] != (
         newest.info.run_id
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 from pipeline.core.errors import PipelineError
 
@@ -59,6 +61,35 @@ def signals_received() -> int:
     return len(_received)
 
 
+_depth = [0]  # how many interrupts_deferred blocks the main thread is in
+_held: list[int] = []  # signals that arrived inside one
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM's KeyboardInterrupt back until the block ends (a decorator too).
+
+    A tracking store's write cut midway leaves its transaction open: SQLite stays locked
+    and the run could not then be marked KILLED ("database is locked"). Only the main
+    thread's blocks count: the handler runs there and nowhere else.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _depth[0] += 1
+    try:
+        yield
+    finally:
+        _depth[0] -= 1
+        if not _depth[0] and _held:
+            signum = _held.pop()
+            _held.clear()
+            raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     _received.append(signum)
+    if _depth[0]:  # raised when the outermost block ends
+        _held.append(signum)
+        return
     raise KeyboardInterrupt(f"signal {signum}")

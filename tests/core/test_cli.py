@@ -125,3 +125,50 @@ def test_what_lives_at_exit_is_frozen(main):
         assert gc.get_freeze_count() >= 2000
     finally:
         gc.unfreeze()
+
+
+@contextlib.contextmanager
+def _interrupt_handler():
+    previous = signal.signal(signal.SIGINT, cli._raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_inside_a_deferred_block_is_raised_when_the_outermost_one_ends():
+    steps = []
+    with _interrupt_handler(), pytest.raises(KeyboardInterrupt, match="signal 2"):
+        with cli.interrupts_deferred():
+            with cli.interrupts_deferred():
+                signal.raise_signal(signal.SIGINT)
+                steps.append("inner finished")
+            steps.append("outer finished")
+    assert steps == ["inner finished", "outer finished"]
+    with _interrupt_handler(), pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)  # outside a block: at once, and nothing was held
+    with _interrupt_handler(), cli.interrupts_deferred():
+        steps.append("a later block is not interrupted")
+
+
+def test_a_store_write_cut_by_ctrl_c_still_lets_the_run_be_marked_killed(tmp_path):
+    # The cut write held SQLite's lock and end_run failed with "database is locked".
+    import threading
+
+    import mlflow
+
+    from pipeline.core.tracking.runs import end_run, log_metrics
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.create_experiment("interrupted")
+    statuses = []
+    with _interrupt_handler():
+        for delay in (0.0, 0.01, 0.03, 0.05, 0.08, 0.1, 0.13, 0.17):
+            run = mlflow.start_run(experiment_id=experiment)
+            with contextlib.suppress(KeyboardInterrupt):  # (it may land in start() already)
+                threading.Timer(delay, signal.raise_signal, [signal.SIGINT]).start()
+                for step in range(100_000):
+                    log_metrics({"loss": step, "accuracy": step}, step=step)
+            end_run("KILLED")
+            statuses.append(mlflow.get_run(run.info.run_id).info.status)
+    assert statuses == ["KILLED"] * 8

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.core.cli import interrupts_deferred
 from pipeline.core.errors import TrackingError
 from pipeline.core.tags import MODEL_URI_TAG
 from pipeline.core.tracking.runs import get_run, read_text_artifact
@@ -31,6 +32,7 @@ def _pip_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("mlflow", "keras", "tensorflow", "numpy")]
 
 
+@interrupts_deferred()
 def log_model(model: keras.Model, input_example: np.ndarray) -> str:
     """Log the model in MLflow's Keras flavour with a signature and an input example.
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.core.cli import interrupts_deferred  # writes: Ctrl-C waits for their end
 from pipeline.core.errors import TrackingError
 from pipeline.core.tags import MODEL_URI_TAG
 from pipeline.core.tracking.store import client, error_line
@@ -44,13 +45,14 @@ def active_run(
 
     tags = {**(tags or {}), **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
     try:
-        run = mlflow.start_run(
-            run_id=run_id,
-            experiment_id=experiment_id,
-            run_name=run_name,
-            tags=tags,
-            log_system_metrics=system_metrics,
-        )
+        with interrupts_deferred():
+            run = mlflow.start_run(
+                run_id=run_id,
+                experiment_id=experiment_id,
+                run_name=run_name,
+                tags=tags,
+                log_system_metrics=system_metrics,
+            )
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"cannot start MLflow run: {error_line(e)}") from None
     except KeyboardInterrupt:  # interrupted while starting: a run already created is KILLED
@@ -71,6 +73,7 @@ def active_run(
         log.info("MLflow run %s %s", run.info.run_id, status)
 
 
+@interrupts_deferred()
 def end_run(status: str) -> None:
     """End the active run as FINISHED, FAILED or KILLED (a failing store only warns)."""
     import mlflow
@@ -83,6 +86,7 @@ def end_run(status: str) -> None:
         log.warning("could not mark run %s %s: %s", run_id, status, error_line(e))
 
 
+@interrupts_deferred()
 def create_run(experiment_id: str, run_name: str, tags: Mapping[str, str]) -> str:
     """A new RUNNING run that is not made active here (e.g. a sweep's parent run)."""
     import mlflow
@@ -94,6 +98,7 @@ def create_run(experiment_id: str, run_name: str, tags: Mapping[str, str]) -> st
     return run.info.run_id
 
 
+@interrupts_deferred()
 def terminate(run_id: str, status: str) -> None:
     """Mark a run that is not the active one FINISHED, FAILED or KILLED (e.g. a trial whose
     worker died: the worker that notices it ends the dead worker's run)."""
@@ -105,11 +110,13 @@ def terminate(run_id: str, status: str) -> None:
         log.warning("could not mark run %s %s: %s", run_id, status, error_line(e))
 
 
+@interrupts_deferred()
 def set_running(run_id: str) -> None:
     """Reopen a run (a resumed sweep's parent)."""
     client().update_run(run_id, status="RUNNING")
 
 
+@interrupts_deferred()
 def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
     """Log flattened params to the active run or ``run_id`` (lists joined by commas)."""
     import mlflow
@@ -132,6 +139,7 @@ def _param_value(value: Any) -> Any:
     return value
 
 
+@interrupts_deferred()
 def log_metrics(
     metrics: Mapping[str, float], step: int | None = None, run_id: str | None = None
 ) -> None:
@@ -141,6 +149,7 @@ def log_metrics(
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=run_id)
 
 
+@interrupts_deferred()
 def set_tags(tags: Mapping[str, str], run_id: str | None = None) -> None:
     """Tag the active run, or ``run_id`` when given."""
     import mlflow
@@ -152,6 +161,7 @@ def set_tags(tags: Mapping[str, str], run_id: str | None = None) -> None:
         client().set_tag(run_id, key, value)
 
 
+@interrupts_deferred()
 def log_dataset(
     x: np.ndarray, y: np.ndarray, *, name: str, source: Path, digest: str, context: str
 ) -> Dataset:
@@ -173,6 +183,7 @@ def log_dataset(
     return dataset
 
 
+@interrupts_deferred()
 def log_model_metrics(metrics: Mapping[str, float], dataset: Dataset | None = None) -> None:
     """Log run metrics that are also linked to the run's logged model (MLflow 3
     ``LoggedModel``), so the experiment's Models view ranks models by them."""
@@ -186,12 +197,14 @@ def log_model_metrics(metrics: Mapping[str, float], dataset: Dataset | None = No
     )
 
 
+@interrupts_deferred()
 def log_artifact(path: Path, artifact_dir: str | None = None) -> None:
     import mlflow
 
     mlflow.log_artifact(str(path), artifact_path=artifact_dir)
 
 
+@interrupts_deferred()
 def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:
     """A text artifact of the active run, or of ``run_id`` when given."""
     import mlflow
