@@ -138,12 +138,12 @@ def _interrupt_handler():
 
 def test_an_interrupt_inside_a_deferred_block_is_raised_when_the_outermost_one_ends():
     steps = []
-    with _interrupt_handler(), pytest.raises(KeyboardInterrupt, match="signal 2"):
+    outer = cli.interrupts_deferred()
+    with _interrupt_handler(), pytest.raises(KeyboardInterrupt, match="signal 2"), outer:
         with cli.interrupts_deferred():
-            with cli.interrupts_deferred():
-                signal.raise_signal(signal.SIGINT)
-                steps.append("inner finished")
-            steps.append("outer finished")
+            signal.raise_signal(signal.SIGINT)
+            steps.append("inner finished")
+        steps.append("outer finished")
     assert steps == ["inner finished", "outer finished"]
     with _interrupt_handler(), pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)  # outside a block: at once, and nothing was held
