@@ -6,11 +6,11 @@ and lets register's gate decide on every slice. Prints the champion and the cand
 slice, before and after, and leaves params.yaml and dvc.lock ready to commit. The scoring
 service follows ``@champion`` as it always does.
 
-``--if-needed`` retrains only when the monitor found drift on the champion (its
-``monitor.drift_detected`` tag) or at least ``retrain.min_labels`` labels arrived since the
-last cut-off, and says which. A failure (the log unreachable, training stopped mid-way)
-is one line and a non-zero exit; params.yaml and the outputs DVC removed are put back, and
-the champion is unchanged.
+``--if-needed`` retrains only when at least ``retrain.min_labels`` labels arrived since the
+last cut-off, or ``retrain.min_labels_on_drift`` once the monitor found drift on the
+champion (its ``monitor.drift_detected`` tag), and says which. A failure (the log
+unreachable, training stopped mid-way) is one line and a non-zero exit; params.yaml and the
+outputs DVC removed are put back, and the champion is unchanged.
 """
 
 from __future__ import annotations
@@ -36,12 +36,11 @@ log = logging.getLogger(__name__)
 
 
 def needed(params: Params) -> str | None:
-    """Why a retrain is due (drift, or enough new labels), or None."""
+    """Why a retrain is due (drift with some new labels, or enough new labels), or None."""
     name, alias = params.register.model_name, params.register.alias
     tracking.use_store()
     champion = tracking.alias_target(name, alias)
-    if champion is not None and champion.tags.get("monitor.drift_detected") == "true":
-        return f"the monitor found drift on {name}@{alias} (v{champion.version})"
+    drift = champion is not None and champion.tags.get("monitor.drift_detected") == "true"
     since = until_time(params.feedback.until) if params.feedback.until else None
     engine = predlog.open_engine(predlog.log_url(params.serve.log_url))
     try:
@@ -49,11 +48,27 @@ def needed(params: Params) -> str | None:
     finally:
         engine.dispose()
     after = f"since {params.feedback.until}" if since else "so far"
-    if new >= params.retrain.min_labels:
-        return f"{new} new labels {after} (retrain.min_labels {params.retrain.min_labels})"
-    log.info("no retrain needed: no drift on the champion, and %d new labels %s "
-             "(< retrain.min_labels %d)", new, after, params.retrain.min_labels)  # fmt: skip
-    return None
+    why, why_not = due(params, new, drift)
+    if why is None:
+        log.info("no retrain needed: %s, %d new labels %s", why_not, new, after)
+        return None
+    return f"{why}: {new} new labels {after}"
+
+
+def due(params: Params, new: int, drift: bool) -> tuple[str | None, str]:
+    """(why a retrain is due, or None; why not). Drift alone is not enough: a retrain on
+    the same labels trains the same model. It lowers the bar to
+    ``retrain.min_labels_on_drift`` new labels."""
+    least = params.retrain.min_labels
+    if drift and new >= params.retrain.min_labels_on_drift:
+        return "the monitor found drift on the champion", ""
+    if new >= least:
+        return f"retrain.min_labels is {least}", ""
+    if drift:
+        on_drift = params.retrain.min_labels_on_drift
+        return None, (f"drift on the champion but under retrain.min_labels_on_drift "
+                      f"({on_drift}): label more of its traffic")  # fmt: skip
+    return None, f"no drift on the champion, under retrain.min_labels ({least})"
 
 
 def set_until(text: str, until: str) -> str:

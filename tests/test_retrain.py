@@ -14,10 +14,11 @@ import urllib.request
 import numpy as np
 import pytest
 
-from pipeline.retrain import set_until
+from pipeline.retrain import due, set_until
 from pipeline.testing.project import (
     clone_of,
     feedback_key,
+    reference_params,
     run,
     scoring_service,
     send_label,
@@ -144,3 +145,19 @@ def test_set_until_keeps_every_comment():
         "feedback:\n  # the cut-off\n  until: '2026-12-06T10:00:00+00:00'   # or a time\n"
         "  holdout: 0.3\nother:\n  until: 1\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("new", "drift", "runs", "words"),
+    [
+        (199, False, False, "no drift on the champion, under retrain.min_labels (200)"),
+        (200, False, True, "retrain.min_labels is 200"),
+        (49, True, False, "drift on the champion but under retrain.min_labels_on_drift (50)"),
+        (50, True, True, "the monitor found drift on the champion"),
+        (0, True, False, "label more of its traffic"),  # the same labels: the same model
+    ],
+)
+def test_drift_lowers_the_bar_but_never_retrains_on_the_same_labels(new, drift, runs, words):
+    why, why_not = due(reference_params(), new, drift)
+    assert (why is not None) == runs
+    assert words in (why or why_not)

@@ -145,6 +145,7 @@ class RetrainParams:
     """``python -m pipeline.retrain --if-needed``: when a retrain is due."""
 
     min_labels: int = _field(1)
+    min_labels_on_drift: int = _field(1)  # once the monitor found drift
 
 
 @dataclass(frozen=True)

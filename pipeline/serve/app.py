@@ -64,7 +64,7 @@ def _answer(
 
 
 def _error(endpoint: str, e: BadRequest, start: float, v2: bool = False) -> Response:
-    body = {"error": str(e)} if v2 else {"error_code": "BAD_REQUEST", "message": str(e)}
+    body = {"error": str(e)} if v2 else {"error_code": e.code, "message": str(e)}
     return _answer(endpoint, e.status, orjson.dumps(body), start)
 
 

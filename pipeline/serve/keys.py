@@ -156,9 +156,7 @@ class KeyCheck:
         try:
             await run_in_threadpool(svc.keys.sender, auth or None)
         except BadRequest as e:
-            body = orjson.dumps({"error_code": "UNAUTHORIZED" if e.status == 401 else
-                                 "FORBIDDEN" if e.status == 403 else "UNAVAILABLE",
-                                 "message": str(e)})  # fmt: skip
+            body = orjson.dumps({"error_code": e.code, "message": str(e)})
             metrics.REQUESTS.labels(endpoint="any", status=str(e.status)).inc()
             await send({"type": "http.response.start", "status": e.status,
                         "headers": [(b"content-type", b"application/json")]})  # fmt: skip

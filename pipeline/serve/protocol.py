@@ -34,9 +34,19 @@ SERVER_EXTENSIONS = ["binary_tensor_data"]
 
 
 class BadRequest(Exception):
+    """A request refused with ``status`` and one line; ``code`` names it as MLflow's REST
+    errors do (``error_code`` of the MLflow-style answers)."""
+
+    CODES = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST",
+             503: "TEMPORARILY_UNAVAILABLE"}  # fmt: skip
+
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+    @property
+    def code(self) -> str:
+        return self.CODES.get(self.status, "BAD_REQUEST")
 
 
 def _json(body: bytes) -> Any:

@@ -198,10 +198,14 @@ def test_feedback_needs_a_key_an_answered_image_and_a_digit(served):
     alice, bob = feedback_key(project, "alice"), feedback_key(project, "bob")
     assert alice.startswith("lnk_") and alice != bob
 
+    codes = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+             404: "RESOURCE_DOES_NOT_EXIST"}  # MLflow's REST error codes  # fmt: skip
+
     def refused(key, request_id, digit, index, status, words):
         got, out = send_label(url, key, request_id, digit, index)
         assert got == status, out
         assert words in out["message"].lower() and "\n" not in out["message"]
+        assert out["error_code"] == codes[status], out
 
     refused(None, rid, 3, 0, 401, "key is needed")
     refused("lnk_not-a-key", rid, 3, 0, 401, "unknown key")
