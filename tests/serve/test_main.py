@@ -78,3 +78,52 @@ def test_a_rolling_restart_behind_haproxy_fails_no_request_and_logs_every_answer
     assert len(load.answers) > 200 and not failed, failed[:5]
     images = sum(len(json.loads(a.body)["predictions"]) for a in load.answers)
     assert count_rows(env["PREDICTION_LOG_URL"]) == images
+
+
+def test_haproxy_sheds_what_the_replicas_cannot_take_with_the_services_own_503(
+    smoke_project, tmp_path
+):
+    """16 requests in flight a replica (the shipped config), 10 ms in HAProxy's queue, then
+    503 with Retry-After and the service's JSON, at once. The replica is stopped (SIGSTOP)
+    for a moment so that the requests pile up deterministically; nothing else is lost."""
+    require("haproxy")
+    project = clone_of(smoke_project, tmp_path / "p")
+    with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
+        body = json.dumps({"inputs": z["x"][:1].tolist()}).encode()
+    service = scoring_service(project)
+    with service as proc:
+        lb = haproxy(tmp_path, [service.port, service.port])  # 2 x 16 in flight on one
+        with lb:
+            answers, lock = [], threading.Lock()
+
+            def send() -> None:
+                req = urllib.request.Request(f"{lb.url}/invocations", body,
+                                             {"Content-Type": "application/json"})  # fmt: skip
+                start = time.monotonic()
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as resp:
+                        got = (resp.status, resp.headers, resp.read())
+                except urllib.error.HTTPError as e:
+                    got = (e.code, e.headers, e.read())
+                with lock:
+                    answers.append((*got, time.monotonic() - start))
+
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                senders = [threading.Thread(target=send) for _ in range(40)]
+                for t in senders:
+                    t.start()
+                deadline = time.monotonic() + 5
+                while len(answers) < 8 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                refused = list(answers)  # while the replica is stopped: HAProxy's own
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            for t in senders:
+                t.join(timeout=60)
+    assert len(refused) == 8, [a[:1] for a in refused]
+    for status, headers, text, seconds in refused:
+        assert status == 503 and headers["Retry-After"] == "1" and seconds < 2
+        assert json.loads(text)["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    statuses = sorted(a[0] for a in answers)
+    assert statuses == [200] * 32 + [503] * 8  # the 32 in flight answered once it ran again
