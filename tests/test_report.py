@@ -365,3 +365,23 @@ def test_report_on_two_commits(smoke_project, tmp_path):
     assert paired["images"] == len(y) and paired["run"] == new_run["run_id"]
     assert doc["champion"]["decision"] in ("promoted", "challenger", "kept", "already champion")
     assert doc["champion"]["version"]
+
+
+def test_setup_passes_pips_configuration_on_to_uv(tmp_path):
+    """uv reads no pip.conf: make setup hands it pip's indexes, find-links and
+    constraints (.ci/uv_args.py), each once, from the files and the environment."""
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = https://mirror.example/simple\n"
+                    "extra-index-url = file:///a/simple file:///b/simple\n"
+                    "constraint = /etc/constraints.txt\ntimeout = 60\n")  # fmt: skip
+    env = {**os.environ, "PIP_CONFIG_FILE": str(conf), "PIP_FIND_LINKS": "/wheels"}
+    out = subprocess.run([sys.executable, str(ROOT / ".ci/uv_args.py")], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    pairs = list(zip(out[::2], out[1::2], strict=True))
+    expected = [("--index-url", "https://mirror.example/simple"),
+                ("--extra-index-url", "file:///a/simple"),
+                ("--extra-index-url", "file:///b/simple"),
+                ("--constraint", "/etc/constraints.txt"), ("--find-links", "/wheels")]  # fmt: skip
+    for pair in expected:
+        assert pairs.count(pair) == 1, (pair, out)
+    assert "60" not in out  # pip's other settings are not uv's
