@@ -127,6 +127,15 @@ def retrain(project: Path, env: dict, url: str, old: str) -> tuple[float, str, d
     return seconds, version, gate
 
 
+def ask_and_label(url: str, project: Path, env, sender: str, x: np.ndarray, y: np.ndarray,
+                  seed: int, flip: float = 0.0) -> str:  # fmt: skip
+    """Shifted traffic from ``x`` answered, then labelled by ``sender`` with a new key;
+    the version that answered."""
+    ids, version, _ = ask(url, traffic(x, seed=seed))
+    label(url, feedback_key(project, sender, env), ids, y, flip=flip)
+    return version
+
+
 def traffic(x: np.ndarray, seed: int) -> np.ndarray:
     """Each shift in turn: image i gets shift i mod 3."""
     out = x.copy()
@@ -165,8 +174,7 @@ def main() -> None:
             server = scoring_service(project, env)
             with server:
                 before = accuracies(server.url, fresh)
-                ids, v1, _ = ask(server.url, traffic(x[:n], seed=n))
-                label(server.url, feedback_key(project, "labeller", env), ids, y[:n])
+                v1 = ask_and_label(server.url, project, env, "labeller", x[:n], y[:n], seed=n)
                 print(f"  N={n}: retraining", flush=True)
                 seconds, v2, gate = retrain(project, env, server.url, v1)
                 after = accuracies(server.url, fresh)
@@ -200,10 +208,9 @@ def poison(tmp: Path, base: Path, env, x, y, fresh, n: int) -> None:
     server = scoring_service(project, env)
     with server:
         before = accuracies(server.url, fresh)
-        honest_ids, v1, _ = ask(server.url, traffic(x[:n], seed=n))
-        label(server.url, feedback_key(project, "honest", env), honest_ids, y[:n])
-        bad_ids, _, _ = ask(server.url, traffic(x[n : 2 * n], seed=n + 1))
-        label(server.url, feedback_key(project, "mallory", env), bad_ids, y[n : 2 * n], flip=0.3)
+        v1 = ask_and_label(server.url, project, env, "honest", x[:n], y[:n], seed=n)
+        ask_and_label(server.url, project, env, "mallory", x[n : 2 * n], y[n : 2 * n],
+                      seed=n + 1, flip=0.3)  # fmt: skip
         _, v2, poisoned_gate = retrain(project, env, server.url, v1)
         poisoned = accuracies(server.url, fresh)
         run([sys.executable, "-m", "pipeline.serve", "keys", "revoke", "mallory"], project, env)

@@ -26,7 +26,7 @@ import urllib.parse
 from pathlib import Path
 
 from pipeline.core import tracking
-from pipeline.core.cli import run
+from pipeline.core.cli import dvc_command, run
 from pipeline.core.data import load_split, read_run, split_md5
 from pipeline.core.errors import PipelineError, first_line, redact
 from pipeline.core.layout import CONFUSION_FILE, CURVES_FILE, RUN_FILE, split_file
@@ -46,7 +46,6 @@ PLOTS = (CURVES_FILE.as_posix(), CONFUSION_FILE.as_posix())
 # Results first, in the order a reviewer reads them; anything else DVC reports follows.
 FIRST = ("test_accuracy", "test_accuracy_ci95_low", "test_accuracy_ci95_high", "test_loss",
          "val_accuracy", "val_loss", "train_seconds")  # fmt: skip
-DVC = Path(sys.executable).parent / "dvc"
 PLOT_REVS = ("base", "workspace")
 
 
@@ -163,9 +162,8 @@ def champion_md(c: dict) -> str:
 
 def dvc_json(*args: str) -> subprocess.Popen:
     """Start ``dvc ARGS --json`` (the three diffs run side by side)."""
-    exe = str(DVC) if DVC.exists() else "dvc"
     return subprocess.Popen(
-        [exe, *args, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [dvc_command(), *args, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core import predlog, tracking
-from pipeline.core.cli import run
+from pipeline.core.cli import dvc_command, run
 from pipeline.core.errors import PipelineError
 from pipeline.core.layout import CHAMPION_FILE
 from pipeline.core.params import PARAMS_FILE, Params, load_params, until_time
@@ -113,7 +113,8 @@ def gate_lines(champion_json: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.retrain", description=__doc__)
     parser.add_argument("--if-needed", action="store_true",
-                        help="only on drift or retrain.min_labels new labels")  # fmt: skip
+                        help="only after retrain.min_labels new labels, or "
+                             "retrain.min_labels_on_drift once drift was found")  # fmt: skip
     args = parser.parse_args(argv)
     params = load_params()
     try:
@@ -127,9 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     PARAMS_FILE.write_text(set_until(old, until))
     log.info("retraining (%s) on the labels up to %s: dvc repro", why, until)
     # This environment's DVC, and its python for the stages' `python -m` (as make does).
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    dvc = str(bin_dir / "dvc") if (bin_dir / "dvc").exists() else "dvc"
+    here = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{here}{os.pathsep}{os.environ.get('PATH', '')}"}
+    dvc = dvc_command()
     kept = small_outputs()
     proc = subprocess.run([dvc, "repro"], stdout=sys.stderr, env=env)  # DVC's progress
     if proc.returncode != 0:  # the champion never moved: register did not run

@@ -10,10 +10,18 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("pipeline")
+
+
+def dvc_command() -> str:
+    """This environment's DVC (beside the running python, as make puts it first on PATH),
+    else PATH's: a command run outside make still gets the project's DVC."""
+    beside = Path(sys.executable).with_name("dvc")
+    return str(beside) if beside.exists() else "dvc"
 
 
 def setup_logging() -> None:
@@ -61,7 +69,7 @@ def signals_received() -> int:
     return len(_received)
 
 
-_depth = [0]  # how many interrupts_deferred blocks the main thread is in
+_depth = 0  # how many interrupts_deferred blocks the main thread is in
 _held: list[int] = []  # signals that arrived inside one
 
 
@@ -73,15 +81,16 @@ def interrupts_deferred() -> Iterator[None]:
     and the run could not then be marked KILLED ("database is locked"). Only the main
     thread's blocks count: the handler runs there and nowhere else.
     """
+    global _depth
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _depth[0] += 1
+    _depth += 1
     try:
         yield
     finally:
-        _depth[0] -= 1
-        if not _depth[0] and _held:
+        _depth -= 1
+        if not _depth and _held:
             signum = _held.pop()
             _held.clear()
             raise KeyboardInterrupt(f"signal {signum}")
@@ -89,7 +98,7 @@ def interrupts_deferred() -> Iterator[None]:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     _received.append(signum)
-    if _depth[0]:  # raised when the outermost block ends
+    if _depth:  # raised when the outermost block ends
         _held.append(signum)
         return
     raise KeyboardInterrupt(f"signal {signum}")
