@@ -215,9 +215,12 @@ def test_a_full_spool_drops_rows_counted_exactly_and_costs_no_request(
     import urllib.request
 
     from pipeline.testing.load import drive
-    from pipeline.testing.project import Server, clone_of, free_port, stage_env
+    from pipeline.testing.project import Server, clone_of, free_port, set_params, stage_env
 
     project = clone_of(smoke_project, tmp_path / "p")
+    # Shedding is test_app's subject: under a loaded CI machine (3 workers on 2 cores) an
+    # image can wait past the shipped 500 ms and be refused, which says nothing of the spool.
+    set_params(project, serve__max_queue_ms=10_000)
     url = postgres.create_database("full")  # (the log's own files are not the service's)
     port = free_port()
     cmd = ["prlimit", f"--fsize={2**20}", "--", sys.executable, "-m", "pipeline.serve",
@@ -230,8 +233,8 @@ def test_a_full_spool_drops_rows_counted_exactly_and_costs_no_request(
                      requests=800, keep_body=True)  # fmt: skip
         with urllib.request.urlopen(f"{base}/metrics") as resp:
             text = resp.read().decode()
-    failed = [a.status for a in load.answers if a.status != 200]
-    assert not failed and len(load.answers) == 800
+    failed = [(a.status, a.body[:100]) for a in load.answers if a.status != 200]
+    assert not failed and len(load.answers) == 800, failed[:3]
     dropped = sum(float(line.split()[-1]) for line in text.splitlines()
                   if line.startswith("serve_log_dropped_total "))  # fmt: skip
     answered = _images(load.answers)
