@@ -46,14 +46,15 @@ repro: setup
 	$(BIN)/dvc repro
 
 # Three pytest-xdist workers, a test file each at a time (module fixtures stay whole; the
-# session's smoke project is built once and shared). On 2 cores the suite's tests also
+# session's smoke project is built once and shared), the slowest files first
+# (tests/conftest.py: SLOWEST_FIRST). On 2 cores the suite's tests also
 # wait on servers and on each other's subprocesses: with two workers a fresh-clone CI run
 # kept 1.4 cores busy on average, with three 1.6 (AMD EPYC, 2 cores).
 PYTEST_WORKERS ?= 3
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 # The unit tests alone (no training, no dvc repro, no servers): under 2 minutes.
 test-fast: setup

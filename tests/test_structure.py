@@ -350,3 +350,13 @@ def test_mirrors_follow_the_package_layout():
     assert mirror_of(PACKAGE / "core" / "tracking" / "runs.py") == (
         ROOT / "tests" / "core" / "tracking" / "test_runs.py"
     )
+
+
+def test_the_slowest_first_order_names_test_files_that_exist():
+    """conftest's SLOWEST_FIRST schedules files by path: a renamed file would silently fall
+    to the end of the queue."""
+    from tests.conftest import SLOWEST_FIRST
+
+    assert len(set(SLOWEST_FIRST)) == len(SLOWEST_FIRST)
+    missing = [path for path in SLOWEST_FIRST if not (ROOT / path).is_file()]
+    assert not missing, missing
