@@ -26,7 +26,6 @@ from pipeline.testing.project import (
     stage_env,
 )
 
-
 # `make test`'s workers take test files in this order, the slowest first, so that no long
 # file starts last and leaves two workers idle at the end (longest-processing-time-first).
 # pytest-xdist's own order (--dist loadfile) puts the files with the most tests first, which

@@ -48,7 +48,7 @@ def test_the_alert_rules_pass_promtool():
         "ScoringServiceDown", "ScoringServiceErrors", "ScoringServiceSlow",
         "ScoringServiceShedding", "ModelReloadFailing", "PredictionLogBacklog",
         "ModelDriftDetected", "ModelAccuracyDrop", "ScoringServiceNoTraffic",
-        "PredictionLogDropping",
+        "PredictionLogDropping", "EdgeRefusing", "EdgeReplicaDown", "EdgeNoReplica",
     } <= names  # fmt: skip
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ from pipeline.serve.log import count_rows
 from pipeline.testing.haproxy import haproxy
 from pipeline.testing.load import drive
 from pipeline.testing.project import (
+    ROOT,
     clone_of,
     free_port,
     require,
@@ -121,9 +123,20 @@ def test_haproxy_sheds_what_the_replicas_cannot_take_with_the_services_own_503(
                 proc.send_signal(signal.SIGCONT)
             for t in senders:
                 t.join(timeout=60)
+            with urllib.request.urlopen(lb.metrics_url, timeout=10) as resp:
+                exported = resp.read().decode()
     assert len(refused) == 8, [a[:1] for a in refused]
     for status, headers, text, seconds in refused:
         assert status == 503 and headers["Retry-After"] == "1" and seconds < 2
         assert json.loads(text)["error_code"] == "TEMPORARILY_UNAVAILABLE"
     statuses = sorted(a[0] for a in answers)
     assert statuses == [200] * 32 + [503] * 8  # the 32 in flight answered once it ran again
+    # HAProxy's exporter counts what no replica saw (alerts.yml's EdgeRefusing reads these),
+    # and has every series the lenet5-edge rules name.
+    samples = dict(line.rsplit(" ", 1) for line in exported.splitlines()
+                   if line and not line.startswith("#"))  # fmt: skip
+    assert float(samples['haproxy_frontend_http_responses_total{proxy="scoring",code="5xx"}']) == 8
+    assert float(samples['haproxy_backend_http_responses_total{proxy="replicas",code="2xx"}']) == 32
+    rules = (ROOT / "docs/operations/alerts.yml").read_text()
+    for name in set(re.findall(r"\bhaproxy_\w+", rules)):
+        assert any(series.startswith(name + "{") for series in samples), name
