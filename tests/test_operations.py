@@ -1,7 +1,8 @@
 """docs/operations/: the alert rules pass promtool's unit tests, the dashboard is Grafana's
-JSON, and end to end a real Prometheus scrapes the real service, the monitor pushes its
-verdict on Fashion-MNIST traffic to a real Pushgateway, the drift alert fires, and every
-query of the dashboard returns data."""
+JSON, and end to end a real Prometheus scrapes the real service and the real HAProxy in
+front of it (the shipped haproxy.cfg), the monitor pushes its verdict on Fashion-MNIST
+traffic to a real Pushgateway, the drift alert fires, and every query of the dashboard
+returns data."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import urllib.request
 import pytest
 
 from pipeline.testing import prometheus as prom
+from pipeline.testing.haproxy import haproxy
 from pipeline.testing.project import (
     ROOT,
     clone_of,
@@ -56,7 +58,8 @@ def test_the_dashboard_is_grafana_json_over_the_services_metrics():
     queries = " ".join(dashboard_queries())
     for metric in ("serve_requests_total", "serve_request_duration_seconds_bucket",
                    "serve_batch_size_images", "serve_model_version", "serve_rejected_total",
-                   "monitor_drift_share_ratio", "monitor_estimated_accuracy_ratio"):  # fmt: skip
+                   "monitor_drift_share_ratio", "monitor_estimated_accuracy_ratio",
+                   "haproxy_frontend_http_responses_total"):  # fmt: skip
         assert metric in queries, metric
 
 
@@ -75,16 +78,18 @@ def _traffic(url: str, x) -> None:
 @pytest.mark.slow
 def test_prometheus_fires_the_drift_alert_on_fashion_traffic(smoke_project, tmp_path):
     fashion = () if fashion_images() is not None else ("dataset-fashion-mnist",)
-    require(*prom.BINARIES, also_missing=fashion)
+    require(*prom.BINARIES, "haproxy", also_missing=fashion)
     project = clone_of(smoke_project, tmp_path / "p")
     (tmp_path / "prom").mkdir()
     service, gateway = scoring_service(project), prom.pushgateway(tmp_path)
     with service, gateway:
+        lb = haproxy(tmp_path, [service.port, service.port])  # the traffic comes through it
         targets = {"lenet5-serve": [f"127.0.0.1:{service.port}"],
-                   "pushgateway": [gateway.url.removeprefix("http://")]}  # fmt: skip
+                   "pushgateway": [gateway.url.removeprefix("http://")],
+                   "haproxy": [lb.metrics_url.split("/")[2]]}  # fmt: skip
         prometheus = prom.prometheus(tmp_path / "prom", targets, [RULES])
-        with prometheus:
-            _traffic(service.url, fashion_images()[:500])
+        with lb, prometheus:
+            _traffic(lb.url, fashion_images()[:500])
             monitor = run([sys.executable, "-m", "pipeline.monitor", "--last", "500", "--push",
                            gateway.url, "--out", "fashion"], project, check=False)  # fmt: skip
             assert monitor.returncode == 0, monitor.stderr[-2000:]
