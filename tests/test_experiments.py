@@ -76,9 +76,11 @@ def queued(smoke_project, tmp_path_factory):
             cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             timeout=120, check=True,
         )  # fmt: skip
+        # Each `dvc queue status` is a DVC process (1.6 CPU-seconds), and an experiment
+        # here takes 40-50 s: asking every 10 s, not 3, leaves the cores to the workers.
         deadline = time.monotonic() + 900
         while _queue_busy(project) and time.monotonic() < deadline:
-            time.sleep(3)
+            time.sleep(10)
         status = run(["dvc", "queue", "status"], project).stdout
     finally:
         run(["dvc", "queue", "stop", "--kill"], project, env, check=False)
