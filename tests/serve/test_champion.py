@@ -18,7 +18,14 @@ import pytest
 
 from pipeline.serve.champion import verify_webhook
 from pipeline.testing.load import drive
-from pipeline.testing.project import clone_of, run, scoring_service, set_params, stage_env
+from pipeline.testing.project import (
+    NO_SHEDDING,
+    clone_of,
+    run,
+    scoring_service,
+    set_params,
+    stage_env,
+)
 from tests.stores import mlflow_client
 
 pytestmark = pytest.mark.slow
@@ -47,7 +54,7 @@ def rows_by_version(project) -> dict[str, int]:
 
 def test_register_moves_the_alias_under_load_and_no_request_fails(smoke_project, tmp_path):
     project = clone_of(smoke_project, tmp_path)
-    set_params(project, serve__poll_s=POLL_S)
+    set_params(project, serve__poll_s=POLL_S, **NO_SHEDDING)
     client = mlflow_client(project)
     first = client.get_model_version_by_alias(NAME, "champion").version
     body = one_image(project)

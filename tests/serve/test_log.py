@@ -176,9 +176,16 @@ def test_postgresql_down_for_60_s_costs_no_request_and_no_row(smoke_project, pos
 
     import psutil
 
-    from pipeline.testing.project import clone_of, scoring_service, stage_env
+    from pipeline.testing.project import (
+        NO_SHEDDING,
+        clone_of,
+        scoring_service,
+        set_params,
+        stage_env,
+    )
 
     project = clone_of(smoke_project, tmp_path / "p")
+    set_params(project, **NO_SHEDDING)
     url = postgres.create_database("outage")
     server = scoring_service(project, stage_env(PREDICTION_LOG_URL=url))
     with server as proc:
@@ -219,12 +226,17 @@ def test_a_full_spool_drops_rows_counted_exactly_and_costs_no_request(
     import urllib.request
 
     from pipeline.testing.load import drive
-    from pipeline.testing.project import Server, clone_of, free_port, set_params, stage_env
+    from pipeline.testing.project import (
+        NO_SHEDDING,
+        Server,
+        clone_of,
+        free_port,
+        set_params,
+        stage_env,
+    )
 
     project = clone_of(smoke_project, tmp_path / "p")
-    # Shedding is test_app's subject: under a loaded CI machine (3 workers on 2 cores) an
-    # image can wait past the shipped 500 ms and be refused, which says nothing of the spool.
-    set_params(project, serve__max_queue_ms=10_000)
+    set_params(project, **NO_SHEDDING)
     url = postgres.create_database("full")  # (the log's own files are not the service's)
     port = free_port()
     cmd = ["prlimit", f"--fsize={2**20}", "--", sys.executable, "-m", "pipeline.serve",

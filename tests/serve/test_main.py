@@ -19,6 +19,7 @@ from pipeline.serve.log import count_rows
 from pipeline.testing.haproxy import haproxy
 from pipeline.testing.load import drive
 from pipeline.testing.project import (
+    NO_SHEDDING,
     ROOT,
     clone_of,
     free_port,
@@ -48,7 +49,7 @@ def test_a_rolling_restart_behind_haproxy_fails_no_request_and_logs_every_answer
     row per image answered."""
     require("haproxy")
     project = clone_of(smoke_project, tmp_path / "p")
-    set_params(project, serve__drain_s=1.5)
+    set_params(project, serve__drain_s=1.5, **NO_SHEDDING)
     env = stage_env(PREDICTION_LOG_URL=postgres.create_database("rolling"))
     with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
         x = z["x"][:200]
