@@ -7,7 +7,7 @@
    benchmarks/recipes.yaml's ``fast`` recipe (``dvc repro``) and served by
    ``python -m pipeline.serve`` (``serve.poll_s`` 1).
 2. Shifted traffic goes to the service, a third each, in requests of 10: test digits
-   rotated by up to ±40°, inverted (dark on light), and with heavy strokes (a 4×4 grey
+   rotated by ±40° (either way), inverted (dark on light), and with heavy strokes (a 4×4 grey
    dilation).
 3. N of them are labelled through ``POST /feedback`` with a key, for each N of
    ``--labels``; each N starts from a copy of the same champion.

@@ -84,6 +84,7 @@ class TrainParams:
     max_samples: int | None = _field(1)
     threads: int | None = _field(1, 1024)
     feedback_repeat: int = _field(0, 1_000)
+    feedback_rotate: int = _field(0, 180)
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,20 @@ def rotate(x: np.ndarray, rng: np.random.Generator, degrees: float = ROTATE_DEG)
     return out
 
 
+def rotate_by(x: np.ndarray, degrees: np.ndarray) -> np.ndarray:
+    """Image i rotated by ``degrees[i]`` (whole degrees; positive is counter-clockwise),
+    as :func:`rotate` does: one sparse matrix product per distinct angle."""
+    n, h, w = x.shape
+    out = np.empty_like(x)
+    for angle in np.unique(degrees):
+        idx = np.flatnonzero(degrees == angle)
+        padded = np.zeros((len(idx), h + 2, w + 2), np.float32)  # zero fill outside
+        padded[:, 1:-1, 1:-1] = x[idx]
+        moved = _rotation_matrix(h, w, float(angle)) @ padded.reshape(len(idx), -1).T
+        out[idx] = _to_uint8(moved.T.reshape(len(idx), h, w))
+    return out
+
+
 @functools.cache
 def _rotation_matrix(h: int, w: int, degrees: float) -> sparse.csr_matrix:
     """(h·w) × ((h+2)·(w+2)) bilinear weights: output pixel <- the 4 input pixels around

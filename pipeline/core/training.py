@@ -46,14 +46,27 @@ def train_split(cfg: TrainParams) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mix(
-    mnist: tuple[np.ndarray, np.ndarray], feedback: tuple[np.ndarray, np.ndarray], repeat: int
+    mnist: tuple[np.ndarray, np.ndarray],
+    feedback: tuple[np.ndarray, np.ndarray],
+    repeat: int,
+    rotate: int = 0,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """MNIST's images, then each feedback image ``repeat`` times (the loop shuffles every
     epoch). No feedback, or ``repeat`` 0: MNIST's arrays themselves, so the run is the one
-    it was before feedback existed."""
+    it was before feedback existed. ``rotate`` > 0: every copy after the first is turned
+    by a seeded whole number of degrees in ±``rotate`` (a few hundred labelled images
+    are not a few hundred poses)."""
     if repeat == 0 or len(feedback[1]) == 0:
         return mnist
-    x = np.concatenate([mnist[0], np.tile(feedback[0], (repeat, 1, 1))])  # (N + r·F, 28, 28)
+    copies = np.tile(feedback[0], (repeat, 1, 1))  # (r·F, 28, 28)
+    if rotate and repeat > 1:
+        from pipeline.core.robustness import rotate_by  # (SciPy, only when asked)
+
+        rest = copies[len(feedback[1]) :]
+        angles = np.random.default_rng(seed).integers(-rotate, rotate + 1, size=len(rest))
+        copies[len(feedback[1]) :] = rotate_by(rest, angles)
+    x = np.concatenate([mnist[0], copies])  # (N + r·F, 28, 28)
     y = np.concatenate([mnist[1], np.tile(feedback[1], repeat)])
     return x, y
 
@@ -238,7 +251,8 @@ def prepare(params: Params) -> Prepared:
     check_precision(params.train.precision)
     make_deterministic(params.train.seed)
     feedback = load_split_or_empty("train", FEEDBACK_DIR)  # labelled production images
-    train = mix(train_split(params.train), feedback, params.train.feedback_repeat)
+    cfg = params.train
+    train = mix(train_split(cfg), feedback, cfg.feedback_repeat, cfg.feedback_rotate, cfg.seed)
     val = load_split("val")
     steps = math.ceil(len(train[0]) / params.train.batch_size)
     return Prepared(params, compile_model(params, steps), train, val, steps, feedback)

@@ -140,3 +140,13 @@ def test_sample_is_a_seeded_sorted_subset():
     assert not np.array_equal(a, sample(10_000, 2000, 1))
     np.testing.assert_array_equal(sample(50, None, 0), np.arange(50))
     np.testing.assert_array_equal(sample(50, 80, 0), np.arange(50))
+
+
+def test_rotate_by_turns_each_image_by_its_own_angle_as_scipy_does():
+    x = _digits(12)
+    angles = np.array([-15, -7, 0, 3, 15, 40, -40, 7, 0, 1, 2, -2])
+    out = robustness.rotate_by(x, angles)
+    assert np.array_equal(out[angles == 0], x[angles == 0])
+    for img, angle, got in zip(x, angles, out, strict=True):
+        ref = ndimage.rotate(img.astype(float), angle, reshape=False, order=1, mode="grid-constant")
+        assert np.abs(np.rint(ref) - got).max() <= 1

@@ -1,5 +1,6 @@
 """pipeline.core.training: the learning-rate schedule and optimizer come from params."""
 
+import numpy as np
 import pytest
 
 from pipeline.core import hardware, training
@@ -49,3 +50,22 @@ def test_mixed_bfloat16_is_refused_without_bf16_hardware(monkeypatch):
         "AVX512_BF16 or AMX-BF16 and there is no GPU: use float32"
     )
     training.check_precision("float32")  # float32 runs anywhere
+
+
+def test_mix_repeats_feedback_and_turns_every_copy_but_the_first_when_asked():
+    rng = np.random.default_rng(0)
+    mnist = (rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), np.arange(5))
+    feedback = (np.zeros((4, 28, 28), np.uint8), np.array([7, 1, 7, 3]))
+    feedback[0][:, 4:24, 13:15] = 255  # vertical bars: a turn moves pixels off them
+
+    assert training.mix(mnist, feedback, 0, rotate=15) is mnist  # the run before feedback
+    x, y = training.mix(mnist, feedback, 3)
+    assert x.shape == (5 + 12, 28, 28) and y.tolist() == list(range(5)) + [7, 1, 7, 3] * 3
+    assert np.array_equal(x[5:], np.tile(feedback[0], (3, 1, 1)))  # exact copies
+
+    turned, labels = training.mix(mnist, feedback, 3, rotate=15, seed=1)
+    assert np.array_equal(labels, y) and np.array_equal(turned[:9], x[:9])  # MNIST, copy 1
+    moved = [not np.array_equal(a, b) for a, b in zip(turned[9:], x[9:], strict=True)]
+    assert sum(moved) >= 6  # (an angle of 0 is one of the 31 a copy may draw)
+    again, _ = training.mix(mnist, feedback, 3, rotate=15, seed=1)
+    assert np.array_equal(again, turned)  # seeded: the same run gives the same images
