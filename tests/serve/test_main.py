@@ -32,6 +32,18 @@ from pipeline.testing.project import (
 pytestmark = pytest.mark.slow
 
 
+REFUSED_AT_THE_EDGE = 'haproxy_frontend_http_responses_total{proxy="scoring",code="5xx"}'
+ANSWERED = 'haproxy_backend_http_responses_total{proxy="replicas",code="2xx"}'
+
+
+def _scrape(url: str) -> dict[str, str]:
+    """{series: value} of a Prometheus exposition."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return dict(line.rsplit(" ", 1) for line in text.splitlines()
+                if line and not line.startswith("#"))  # fmt: skip
+
+
 def ready(url: str) -> int:
     try:
         with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as resp:
@@ -124,8 +136,15 @@ def test_haproxy_sheds_what_the_replicas_cannot_take_with_the_services_own_503(
                 proc.send_signal(signal.SIGCONT)
             for t in senders:
                 t.join(timeout=60)
-            with urllib.request.urlopen(lb.metrics_url, timeout=10) as resp:
-                exported = resp.read().decode()
+            # HAProxy counts a response when its stream ends, a moment after the client
+            # has it: scrape until the 40 are counted (or 5 s).
+            deadline = time.monotonic() + 5
+            while True:
+                samples = _scrape(lb.metrics_url)
+                counted = (float(samples[REFUSED_AT_THE_EDGE]), float(samples[ANSWERED]))
+                if (counted[0] >= 8 and counted[1] >= 32) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
     assert len(refused) == 8, [a[:1] for a in refused]
     for status, headers, text, seconds in refused:
         assert status == 503 and headers["Retry-After"] == "1" and seconds < 2
@@ -134,10 +153,7 @@ def test_haproxy_sheds_what_the_replicas_cannot_take_with_the_services_own_503(
     assert statuses == [200] * 32 + [503] * 8  # the 32 in flight answered once it ran again
     # HAProxy's exporter counts what no replica saw (alerts.yml's EdgeRefusing reads these),
     # and has every series the lenet5-edge rules name.
-    samples = dict(line.rsplit(" ", 1) for line in exported.splitlines()
-                   if line and not line.startswith("#"))  # fmt: skip
-    assert float(samples['haproxy_frontend_http_responses_total{proxy="scoring",code="5xx"}']) == 8
-    assert float(samples['haproxy_backend_http_responses_total{proxy="replicas",code="2xx"}']) == 32
+    assert counted == (8, 32)
     rules = (ROOT / "docs/operations/alerts.yml").read_text()
     for name in set(re.findall(r"\bhaproxy_\w+", rules)):
         assert any(series.startswith(name + "{") for series in samples), name
