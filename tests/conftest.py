@@ -31,12 +31,14 @@ from pipeline.testing.project import (
 # pytest-xdist's own order (--dist loadfile) puts the files with the most tests first, which
 # put these, a few slow tests each, at the end. Seconds summed over a file's tests in a
 # fresh-clone CI run at 78117bd (3 workers, 2 cores, AMD EPYC): a guide, not a bound; files
-# not listed follow in collection order. test_first_use needs no smoke project: it runs
-# while the first worker to need one builds it.
+# not listed follow in collection order. Each worker starts with one of the first three
+# files: test_first_use and test_predict need no smoke project, so two workers run them
+# while the third builds it (the others would wait on its lock, a core idle).
 SLOWEST_FIRST = (
     "tests/test_tracking_server.py",  # 337-438 s
+    "tests/test_first_use.py",  # 52-72 s (20 rounds then; 5 now)
+    "tests/test_predict.py",  # 43-55 s
     "tests/test_experiments.py",  # 256-278 s
-    "tests/test_first_use.py",  # 52-72 s
     "tests/test_retrain.py",  # 189-287 s
     "tests/test_register.py",  # 225-265 s
     "tests/tune/test_sweeps.py",  # 183-230 s
@@ -50,7 +52,6 @@ SLOWEST_FIRST = (
     "tests/test_train.py",  # 67-89 s
     "tests/monitor/test_main.py",  # 70-81 s
     "tests/serve/test_app.py",  # 49-66 s
-    "tests/test_predict.py",  # 43-55 s
     "tests/test_team_pipeline.py",  # 47-54 s
     "tests/serve/test_main.py",  # 43-50 s
 )
