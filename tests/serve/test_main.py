@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.serve.log import count_rows
-from pipeline.testing.haproxy import haproxy
+from pipeline.testing.haproxy import haproxy, wait_up
 from pipeline.testing.load import drive
 from pipeline.testing.project import (
     NO_SHEDDING,
@@ -76,6 +76,8 @@ def test_a_rolling_restart_behind_haproxy_fails_no_request_and_logs_every_answer
         loader = threading.Thread(target=lambda: result.setdefault("load", drive(
             f"{lb.url}/invocations", lambda i: bodies[i % 100], concurrency=8, seconds=60,
             keep_body=True, stop=stop)))  # fmt: skip
+        both = {"serve-1", "serve-2"}
+        wait_up(lb, both)
         loader.start()
         time.sleep(1.5)
         for i, port in enumerate(ports):
@@ -85,7 +87,11 @@ def test_a_rolling_restart_behind_haproxy_fails_no_request_and_logs_every_answer
             assert procs[i].wait(timeout=30) == 0  # ...then stopped, its rows written
             replicas[i] = scoring_service(project, env, port=port)
             procs[i] = stack.enter_context(replicas[i])
-            time.sleep(1.5)  # HAProxy's checks (rise 2, every 500 ms) take it back
+            # Back in rotation before the next goes: HAProxy's checks (rise 2, every
+            # 500 ms) took 1.5 s and more on a loaded machine, and with both out HAProxy
+            # answers 503 itself (a CI run saw it).
+            wait_up(lb, both)
+            time.sleep(0.5)
         stop.set()
         loader.join(timeout=60)
     load = result["load"]
