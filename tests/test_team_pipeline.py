@@ -39,7 +39,7 @@ def over_http(smoke_project, tmp_path_factory):
         lineage = run([sys.executable, "-m", "pipeline.lineage", "--json"], project, env)
         yield SimpleNamespace(
             project=project,
-            output=proc.stdout + proc.stderr,
+            output=proc.stdout + proc.stderr + lineage.stdout + lineage.stderr,
             run_id=run_id,
             run=client.get_run(run_id),
             curve=client.get_metric_history(run_id, "curves/val_accuracy"),
