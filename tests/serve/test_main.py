@@ -91,7 +91,6 @@ def test_a_rolling_restart_behind_haproxy_fails_no_request_and_logs_every_answer
             # 500 ms) took 1.5 s and more on a loaded machine, and with both out HAProxy
             # answers 503 itself (a CI run saw it).
             wait_up(lb, both)
-            time.sleep(0.5)
         stop.set()
         loader.join(timeout=60)
     load = result["load"]
