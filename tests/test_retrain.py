@@ -78,7 +78,9 @@ def looped(smoke_project, tmp_path_factory):
         label_all(server.url, key, x[:400], y[:400])
         out["needed"] = retrain(project, "--if-needed")  # 400 labels >= 300: no gain
         out["after no gain"] = aliases(project)
-        set_params(project, train__feedback_repeat=10)
+        # Rotated copies (the default) are the recipe for real shifts (benchmarks.loop); a
+        # 1-epoch smoke model learns plain inverted copies faster, and this test is the loop.
+        set_params(project, train__feedback_repeat=10, train__feedback_rotate=0)
         label_all(server.url, key, 255 - x[400:1200], y[400:1200])  # inverted digits
         fresh = 255 - x[2000:2500]  # never labelled
         _, _, before = predict(server.url, fresh)
@@ -111,7 +113,8 @@ def test_a_retrain_on_shifted_labels_is_promoted_and_served(looped):
     production = gate["slices"]["production"]
     assert production["status"] == "better" and production["count"] >= 100
     # The gate found it better (above); by how much varies with the holdout, which a hash
-    # of each request's random id picks: about +20 points (+19.9 in a CI run), so 10.
+    # of each request's random id picks: +19.7 and +27.4 points in two runs, so 10. (With
+    # the default rotated copies a CI run once gave +5.4: hence feedback_rotate 0 above.)
     assert production["candidate_accuracy"] > production["champion_accuracy"] + 0.1
     assert "production" in looped["shifted"].stderr and "->" in looped["shifted"].stderr
     before, after = looped["fresh accuracy"]
