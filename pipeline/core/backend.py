@@ -7,19 +7,26 @@ scikit-learn wrappers, and scikit-learn imports ``scipy.stats``: 1.7 s of every 
 stage, sweep worker and predict on 2 cores, for wrappers the pipeline never uses. Hidden
 while Keras imports, ``keras.wrappers`` keeps ``sklearn = None`` (as without
 scikit-learn installed); anything imported later, MLflow included, gets the real
-scikit-learn.
+scikit-learn. The same holds for ``matplotlib.pyplot``, which Keras imports for an image
+gallery helper (another 0.5 s; keras.visualization keeps ``plt = None``): the pipeline's
+figures use matplotlib's Figure API, not pyplot (pipeline/core/plots.py).
 """
 
 from __future__ import annotations
 
 import sys
 
-if "keras" not in sys.modules and "sklearn" not in sys.modules:
-    sys.modules["sklearn"] = None  # type: ignore[assignment]  # "import sklearn" fails
+_HIDDEN = ("sklearn", "matplotlib.pyplot")  # optional imports of Keras the pipeline never uses
+
+if "keras" not in sys.modules:
+    hidden = [name for name in _HIDDEN if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # "import name" fails
     try:
         import keras
     finally:
-        del sys.modules["sklearn"]
+        for name in hidden:
+            del sys.modules[name]
 
 import keras  # noqa: E402  (already imported above, or by the user's own code first)
 import tensorflow as tf  # noqa: E402
