@@ -52,7 +52,6 @@ SLOWEST_FIRST = (
     "tests/test_train.py",  # 67-89 s
     "tests/monitor/test_main.py",  # 70-81 s
     "tests/serve/test_app.py",  # 49-66 s
-    "tests/test_team_pipeline.py",  # 47-54 s
     "tests/serve/test_main.py",  # 43-50 s
 )
 

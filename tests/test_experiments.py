@@ -43,7 +43,8 @@ def exp_metrics(project, *args: str) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def queued(smoke_project, tmp_path_factory):
     """The smoke project with its run committed as the baseline, then a 2×1 grid queued in
-    one command and run by 2 workers at once, and one `dvc exp run --temp`.
+    one command and run by 2 workers at once. (Queue workers run in DVC's temporary copies
+    of the repo, as `dvc exp run --temp` does: one path, tested once.)
 
     The MLflow store is removed first: the two workers' train stages are a new project's
     first use, and both create the store at the same moment (issue 29: one of them used
@@ -84,7 +85,6 @@ def queued(smoke_project, tmp_path_factory):
         status = run(["dvc", "queue", "status"], project).stdout
     finally:
         run(["dvc", "queue", "stop", "--kill"], project, env, check=False)
-    run(["dvc", "exp", "run", "--temp", "-n", "temp-run", "-S", "train.epochs=1"], project, env)
     return project, status
 
 
@@ -92,7 +92,7 @@ def test_queue_with_two_workers_records_every_experiment(queued):
     project, status = queued
     env = stage_env()
     assert status.count("Success") == 2, status
-    names = sorted(n for n in exp_metrics(project) if n not in ("workspace", "main", "temp-run"))
+    names = sorted(n for n in exp_metrics(project) if n not in ("workspace", "main"))
     assert len(names) == 2
     logs = "".join(run(["dvc", "queue", "logs", n], project, check=False).stdout for n in names)
     assert "database is locked" not in logs
@@ -112,8 +112,7 @@ def test_queue_with_two_workers_records_every_experiment(queued):
     # No throwaway stores inside DVC's temporary copies of the repo.
     assert not list((project / ".dvc").rglob("mlflow.db"))
     assert not list((project / ".dvc").rglob("mlartifacts"))
-    temp = client.search_runs([exp.experiment_id], "tags.`dvc.exp_name` = 'temp-run'")
-    for r in [*runs, *temp]:  # queued and --temp experiments of a clean commit
+    for r in runs:  # experiments of a clean commit
         assert r.data.tags["git.dirty"] == "false", r.data.tags["dvc.exp_name"]
     # The best on validation (register.metric), not on test, holds @champion, or
     # @challenger if it was not significantly better than the champion on the test images.
@@ -129,7 +128,7 @@ def test_queue_with_two_workers_records_every_experiment(queued):
             run([sys.executable, "-m", "pipeline.compare", "--format", "csv"], project, env).stdout
         )
     )
-    assert len(table) == 3  # the two queued and the --temp experiment (a new store)
+    assert len(table) == 2  # the two queued experiments (a new store)
     assert table["val_accuracy"].is_monotonic_decreasing  # ranked as register ranks
     assert table.loc[0, "run_id"] == best.info.run_id
     assert table.loc[table["champion"] == "*", "run_id"].tolist() == [champion.run_id]
@@ -139,7 +138,7 @@ def test_queue_with_two_workers_records_every_experiment(queued):
 def test_exp_show_lists_the_metrics_of_every_experiment(queued):
     project, _ = queued
     rows = exp_metrics(project)
-    assert len(rows) == 5  # workspace, main, 2 queued, 1 --temp
+    assert len(rows) == 4  # workspace, main, 2 queued
     for name, metrics in rows.items():
         assert {"test_accuracy", "test_loss", "val_accuracy", "train_seconds"} <= set(metrics), name
         assert 0 < metrics["test_accuracy"] <= 1
@@ -158,7 +157,7 @@ def test_exp_show_lists_the_metrics_of_every_experiment(queued):
 def test_metrics_diff_and_plots_diff_compare_two_experiments(queued, tmp_path):
     project, _ = queued
     rows = exp_metrics(project)
-    a, b = sorted(n for n in rows if n not in ("workspace", "main", "temp-run"))[:2]
+    a, b = sorted(n for n in rows if n not in ("workspace", "main"))[:2]
     diff = json.loads(run(["dvc", "metrics", "diff", "main", a, "--json"], project).stdout)
     change = diff["data/eval/metrics.json"]["test_accuracy"]
     assert change["old"] == rows["main"]["test_accuracy"]
@@ -180,7 +179,7 @@ def test_metrics_diff_and_plots_diff_compare_two_experiments(queued, tmp_path):
 def test_exp_apply_restores_metrics_plots_and_model(queued, tmp_path):
     project = clone_of(queued[0], tmp_path / "apply")
     rows = exp_metrics(project)
-    name = next(n for n in rows if n not in ("workspace", "main", "temp-run"))
+    name = next(n for n in rows if n not in ("workspace", "main"))
     ref = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], project).stdout
     ref = next(r for r in ref.split() if r.endswith("/" + name))
     run(["dvc", "exp", "apply", name], project)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -195,11 +196,18 @@ def as_admin(team_server, monkeypatch):
 @pytest.fixture(scope="module")
 def trained(team_server, smoke_project, tmp_path_factory):
     """`dvc repro --force` of the stages that track, in a copy of the smoke project, as
-    alice; (project, output)."""
+    alice, her password in the tracking URI as some teams write it (MLflow's client signs
+    in with it), then `pipeline.lineage --json`: the project and what both printed."""
     project = clone_of(smoke_project, tmp_path_factory.mktemp("alice") / "project")
-    cmd = ["dvc", "repro", "--force", "--single-item", *TRACKED_STAGES]
-    proc = run(cmd, project, client_env(team_server.uri, "alice"))
-    return project, proc.stdout + proc.stderr
+    host = team_server.uri.split("://", 1)[1]
+    env = stage_env(MLFLOW_TRACKING_URI=f"http://alice:{PASSWORDS['alice']}@{host}")
+    proc = run(["dvc", "repro", "--force", "--single-item", *TRACKED_STAGES], project, env)
+    lineage = run([sys.executable, "-m", "pipeline.lineage", "--json"], project, env)
+    return SimpleNamespace(
+        project=project,
+        output=proc.stdout + proc.stderr + lineage.stdout + lineage.stderr,
+        lineage=json.loads(lineage.stdout),
+    )
 
 
 def ranking_metric(project: Path) -> str:
@@ -212,22 +220,23 @@ def ranking_metric(project: Path) -> str:
 def test_whole_pipeline_predict_and_serve_against_the_authenticated_server(
     team_server, trained, as_admin, tmp_path
 ):
-    project, output = trained
+    project = trained.project
     client = as_admin
     run_id = json.loads((project / "data/train/run.json").read_text())["run_id"]
     r = client.get_run(run_id)
     assert r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics
     assert r.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
     assert list((team_server.work / "artifacts").rglob("MLmodel"))
+    assert [m.step for m in client.get_metric_history(run_id, "curves/val_accuracy")] == [1, 2]
     champion = client.get_model_version_by_alias("lenet5-mnist", "champion")
     assert champion.run_id == run_id
-    # Credentials never reach logs, params, tags or files.
-    no_secret_in(output)
-    no_secret_in(json.dumps([r.data.params, r.data.tags, champion.tags]))
-    written = [project / "dvc.lock", *(project / "data").rglob("*"), *(project / ".dvc").rglob("*")]
-    for path in written:
-        if path.is_file() and path.stat().st_size < 5_000_000:
-            no_secret_in(path.read_bytes().decode("latin-1"))
+    assert trained.lineage["run_id"] == run_id
+    # Nothing went to the project's own SQLite store: the server has the only copy.
+    from mlflow import MlflowClient
+
+    local = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = local.get_experiment_by_name("lenet5-mnist")
+    assert not local.search_runs([exp.experiment_id], f"attributes.run_id = '{run_id}'")
 
     # The read-only account predicts a PNG and serves the champion.
     with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
@@ -258,12 +267,26 @@ def test_whole_pipeline_predict_and_serve_against_the_authenticated_server(
 
 
 @pytest.mark.slow
+def test_credentials_in_the_tracking_uri_never_reach_logs_params_or_tags(trained, as_admin):
+    project = trained.project
+    run_id = json.loads((project / "data/train/run.json").read_text())["run_id"]
+    r = as_admin.get_run(run_id)
+    champion = as_admin.get_model_version_by_alias("lenet5-mnist", "champion")
+    no_secret_in(trained.output)  # the stages' and lineage's output
+    no_secret_in(json.dumps([r.data.params, r.data.tags, champion.tags]))
+    written = [project / "dvc.lock", *(project / "data").rglob("*"), *(project / ".dvc").rglob("*")]
+    for path in written:
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            no_secret_in(path.read_bytes().decode("latin-1"))
+
+
+@pytest.mark.slow
 def test_read_only_user_reads_but_cannot_register_or_move_the_alias(
     team_server, trained, as_admin, monkeypatch
 ):
     from mlflow.entities import Metric
 
-    project, _ = trained
+    project = trained.project
     client = as_admin
     reader = client_env(team_server.uri, "rita")
     listed = run([sys.executable, "-m", "pipeline.compare", "--format", "csv"], project, reader)
@@ -314,7 +337,7 @@ def test_read_only_user_reads_but_cannot_register_or_move_the_alias(
 
 @pytest.mark.slow
 def test_read_only_user_cannot_train(team_server, trained):
-    project, _ = trained
+    project = trained.project
     proc = run([sys.executable, "-m", "pipeline.train"], project,
                client_env(team_server.uri, "rita"), check=False)  # fmt: skip
     assert proc.returncode == 1
@@ -325,7 +348,7 @@ def test_read_only_user_cannot_train(team_server, trained):
 
 @pytest.mark.slow
 def test_wrong_password_is_one_line_and_never_echoed(team_server, trained):
-    project, _ = trained
+    project = trained.project
     for user, password in (("alice", "not-her-password"), ("nobody", "x")):
         env = client_env(team_server.uri, user, password)
         proc = run([sys.executable, "-m", "pipeline.register"], project, env, check=False)
@@ -344,7 +367,7 @@ def test_two_machines_running_experiments_at_once_lose_nothing(
     team_server, trained, as_admin, tmp_path
 ):
     """alice and bob, each in their own working copy, `dvc exp run` at the same moment."""
-    project, _ = trained
+    project = trained.project
     client = as_admin
     procs = {}
     for user, lr in (("alice", 0.05), ("bob", 0.02)):
@@ -388,7 +411,7 @@ def test_two_machines_running_experiments_at_once_lose_nothing(
 def test_postgresql_going_down_mid_run_fails_the_stage_and_registers_nothing(
     team_server, trained, postgres, as_admin, tmp_path
 ):
-    project = clone_of(trained[0], tmp_path / "project")
+    project = clone_of(trained.project, tmp_path / "project")
     client = as_admin
     before = {v.version for v in client.search_model_versions("name = 'lenet5-mnist'")}
     (project / "data/train/model.keras").unlink()
@@ -449,16 +472,16 @@ def _model_dir(model, path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_two_machines_registering_at_once_20_times_lose_nothing_and_duplicate_nothing(
+def test_two_machines_registering_at_once_lose_nothing_and_duplicate_nothing(
     team_server, trained, as_admin, tmp_path
 ):
-    """alice and bob run `register` at the same moment, 20 rounds, on the team server
+    """alice and bob run `register` at the same moment, 6 rounds, on the team server
     with EDIT permission only: each round a new best run (and a worse one) must end as
     the one candidate version of its run and the champion, the worse run unregistered."""
     import keras
     from mlflow.server import get_app_client
 
-    project, _ = trained
+    project = trained.project
     client = as_admin
     name, experiment = "race-model", "race"
     exp = client.create_experiment(experiment)
@@ -510,7 +533,8 @@ def test_two_machines_registering_at_once_20_times_lose_nothing_and_duplicate_no
         shutil.copy(tmp_path / "test.npz", tmp_path / user / "data/prepared/test.npz")
         (tmp_path / user / "params.yaml").write_text(yaml.safe_dump(params))
 
-    rounds = 20
+    rounds = 6  # 20 before: the race is there every round (below)
+    raced = 0  # rounds in which both registered the run (a duplicate version to tag)
     workers = {
         user: subprocess.Popen(
             [sys.executable, "-c", RACE_WORKER, str(tmp_path), user, str(rounds)],
@@ -535,6 +559,7 @@ def test_two_machines_registering_at_once_20_times_lose_nothing_and_duplicate_no
             versions = client.search_model_versions(f"name = '{name}' and run_id = '{best}'")
             kept = [v for v in versions if "duplicate_of" not in v.tags]
             assert len(kept) == 1, (r, [(v.version, v.tags) for v in versions])  # no duplicate
+            raced += len(versions) > 1
             assert all(v.tags["duplicate_of"] == str(kept[0].version)
                        for v in versions if v.version != kept[0].version)  # fmt: skip
             champion = client.get_model_version_by_alias(name, "champion")
@@ -549,6 +574,9 @@ def test_two_machines_registering_at_once_20_times_lose_nothing_and_duplicate_no
     no_secret_in(logs)
     # Every gate read both runs' predictions as logged (no rescoring). A register that
     # finds the alias already on the best candidate (the other was quicker) runs no gate.
+    # Both start within 10 ms of the go file and a round takes seconds: both registered
+    # the run in 6 of 6 rounds on an idle machine. At least one must have, or nothing raced.
+    assert raced >= 1, "no round had two versions of its run: the race was not exercised"
     gates = logs.count(" disagreements, p = ")
     assert rounds <= gates <= 2 * rounds, logs[-2000:]
     assert logs.count("as logged at evaluation") == 2 * gates, logs[-2000:]

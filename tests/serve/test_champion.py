@@ -178,7 +178,7 @@ def test_an_mlflow_webhook_from_the_team_server_swaps_at_once(smoke_project, tmp
     }
     # The smoke champion's files, logged on the server as a run's model and registered
     # twice: what matters here is that the alias moves (the pipeline against a server is
-    # test_team_pipeline's; a repro here cost a whole training).
+    # test_tracking_server's; a repro here cost a whole training).
     local = mlflow_client(project)
     smoke = local.get_model_version_by_alias(NAME, "champion")
     files = mlflow.artifacts.download_artifacts(
