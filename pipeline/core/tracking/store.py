@@ -60,7 +60,10 @@ def artifact_location() -> str:
 
 def username(uri: str, env: Mapping[str, str] = os.environ) -> str | None:
     """Who the client signs in as: ``MLFLOW_TRACKING_USERNAME``, else the URI's user."""
-    return env.get("MLFLOW_TRACKING_USERNAME") or urllib.parse.urlsplit(uri).username
+    user = urllib.parse.urlsplit(uri).username
+    # A URI's user and password are percent-encoded ("p%40ss" for "p@ss"); requests, and so
+    # MLflow's client, decode them before signing in.
+    return env.get("MLFLOW_TRACKING_USERNAME") or (urllib.parse.unquote(user) if user else None)
 
 
 def client() -> MlflowClient:
@@ -163,7 +166,9 @@ def _probe(uri: str, timeout_s: float = 10.0) -> None:
     request = urllib.request.Request(url + "/api/2.0/mlflow/users/current")
     user = username(uri)
     if user:  # as MLflow's client signs in: basic auth from the environment or the URI
-        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or parts.password or ""
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or urllib.parse.unquote(
+            parts.password or ""
+        )
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
