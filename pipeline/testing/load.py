@@ -24,6 +24,7 @@ class Answer:
     body: bytes
     sent_at: float  # seconds since the load started
     retry_after: str | None = None  # the Retry-After header of a 503
+    request_id: str | None = None  # the X-Request-Id header: the answer's rows in the log
 
 
 @dataclass
@@ -73,11 +74,12 @@ async def _drive(
                         data = await resp.read()
                         status, version = resp.status, resp.headers.get("X-Model-Version")
                         retry = resp.headers.get("Retry-After")
+                        rid = resp.headers.get("X-Request-Id")
                 except (aiohttp.ClientError, TimeoutError) as e:
-                    status, version, data, retry = 0, None, repr(e).encode(), None
+                    status, version, data, retry, rid = 0, None, repr(e).encode(), None, None
                 t1 = time.perf_counter()
                 load.answers.append(Answer(
-                    status, t1 - t0, version, data if keep_body else b"", t0 - start, retry
+                    status, t1 - t0, version, data if keep_body else b"", t0 - start, retry, rid
                 ))  # fmt: skip
                 if pause_s:
                     await asyncio.sleep(pause_s)

@@ -2,6 +2,7 @@
 its URL; feedback."""
 
 import datetime
+import json
 
 import numpy as np
 import pytest
@@ -126,6 +127,16 @@ def _load_in_background(url: str, bodies: list[bytes], **kw):
     return finish
 
 
+def _rows_per_request(url: str) -> dict[str, int]:
+    from pipeline.core.urls import with_driver
+
+    with open_engine(with_driver(url)).connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT request_id, COUNT(*) FROM predictions GROUP BY request_id"
+        )).all()  # fmt: skip
+    return {rid: n for rid, n in rows}
+
+
 def _distinct(url: str) -> int:
     from pipeline.core.urls import with_driver
 
@@ -159,12 +170,18 @@ def test_kill_9_under_load_loses_no_answered_image(smoke_project, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         load = finish()
-    answered = _images(load.answers)
-    assert answered > 200
+    answered = {a.request_id: len(json.loads(a.body)["predictions"])
+                for a in load.answers if a.status == 200}  # fmt: skip
+    assert sum(answered.values()) > 200
     assert count_rows(url) == before  # every row answered was still in the spool...
     with scoring_service(project):  # ...until the next start replays them
         pass
-    assert count_rows(url) - before == answered == _distinct(url) - before
+    logged = _rows_per_request(url)
+    assert count_rows(url) - before == _distinct(url) - before  # each row once
+    assert {rid: logged.get(rid) for rid in answered} == answered  # every answered image
+    # Rows go to the spool before the answer leaves: the kill may catch a request spooled
+    # and not yet answered (3 images once in CI), at most one request a client.
+    assert len(set(logged) - set(answered)) <= 16
 
 
 @pytest.mark.slow
