@@ -82,7 +82,11 @@ def test_a_rolling_restart_behind_haproxy_fails_no_request_and_logs_every_answer
         time.sleep(1.5)
         for i, port in enumerate(ports):
             procs[i].send_signal(signal.SIGTERM)
-            time.sleep(0.3)
+            # Not ready within a second, while it still answers (1.5 s of drain): asked
+            # until then, as a loaded machine may take a moment to run the handler.
+            deadline = time.monotonic() + 1.0
+            while ready(replicas[i].url) != 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert procs[i].poll() is None and ready(replicas[i].url) == 503  # draining...
             assert procs[i].wait(timeout=30) == 0  # ...then stopped, its rows written
             replicas[i] = scoring_service(project, env, port=port)
