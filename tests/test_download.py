@@ -336,7 +336,7 @@ def test_interrupt_mid_download_removes_temp_file(tmp_path: Path, serve):
 
     previous = signal.signal(signal.SIGALRM, interrupt)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        signal.setitimer(signal.ITIMER_REAL, 1.5)  # mid-download: the server stalls 5 s
         with pytest.raises(KeyboardInterrupt):
             fetch_file(NAME, sha(CONTENT), [url], out, timeout_s=3, retries=1, backoff_s=0)
     finally:

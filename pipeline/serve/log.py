@@ -76,11 +76,12 @@ class PredictionLog:
 
     def label(self, request_id: str, position: int, digit: int, sender: str) -> bool:
         """Store a true label (:func:`store_feedback`). An image answered a moment ago may
-        still be in a spool: this process's is written first, and another replica's has
-        two flush intervals to arrive. False when the image is not in the log."""
+        still be in a spool: this process's is written first (up to 10 s: a writer behind
+        on a busy machine is not a missing image), and another replica's has two flush
+        intervals to arrive. False when the image is not in the log."""
         if store_feedback(self.engine, request_id, position, digit, sender):
             return True
-        target, deadline = self.handed, time.monotonic() + 3 * self.flush_s + 1
+        target, deadline = self.handed, time.monotonic() + max(3 * self.flush_s + 1, 10.0)
         while self.written < target and time.monotonic() < deadline:
             time.sleep(0.01)
         if store_feedback(self.engine, request_id, position, digit, sender):

@@ -46,6 +46,12 @@ def _mtime(path) -> int | None:
         return None
 
 
+def served_version(url: str) -> str:
+    """The version the service answers with now (its metadata: no request, no log row)."""
+    with urllib.request.urlopen(f"{url}/v2/models/{NAME}", timeout=30) as resp:
+        return json.loads(resp.read())["versions"][0]
+
+
 def rows_by_version(project) -> dict[str, int]:
     with sqlite3.connect(project / "predictions.db") as db:
         found = db.execute("SELECT model_version, count(*) FROM predictions GROUP BY 1")
@@ -93,7 +99,12 @@ def test_register_moves_the_alias_under_load_and_no_request_fails(smoke_project,
         watcher.start()
         assert exp.wait(timeout=600) == 0, output.read_text()[-4000:]
         watcher.join(timeout=30)
-        time.sleep(POLL_S + 3)  # the poll, the load, then a while on the new version
+        # The poll, downloading and warming the new version, then a while on it.
+        deadline = time.monotonic() + 60
+        while served_version(server.url) != str(next(iter(moved), first)):
+            assert time.monotonic() < deadline, "the service never served the new champion"
+            time.sleep(0.2)
+        time.sleep(1)
         stop.set()
         loader.join(timeout=60)
         proc.send_signal(signal.SIGTERM)
@@ -108,7 +119,8 @@ def test_register_moves_the_alias_under_load_and_no_request_fails(smoke_project,
     switch = min(a.sent_at for a in new)
     # requests sent after the first answer from the new version are all answered by it
     assert max(a.sent_at for a in old) < min(a.sent_at + a.latency_s for a in new)
-    assert switch - moved_at < POLL_S + 5  # the poll, then downloading and warming it
+    # The poll, then downloading and warming it: 2-4 s on an idle machine, more under load
+    assert switch - moved_at < POLL_S + 15
     assert rows_by_version(project) == {str(first): len(old), str(second): len(new)}
 
 
@@ -205,9 +217,8 @@ def test_an_mlflow_webhook_from_the_team_server_swaps_at_once(smoke_project, tmp
             start = time.monotonic()
             client.set_registered_model_alias(NAME, "champion", second.version)
             seen = None
-            while time.monotonic() - start < 30:
-                with urllib.request.urlopen(f"{service.url}/v2/models/{NAME}") as resp:
-                    seen = json.loads(resp.read())["versions"][0]
+            while time.monotonic() - start < 60:
+                seen = served_version(service.url)
                 if seen == str(second.version):
                     break
                 time.sleep(0.2)
@@ -216,7 +227,8 @@ def test_an_mlflow_webhook_from_the_team_server_swaps_at_once(smoke_project, tmp
             assert proc.wait(timeout=30) == 0
             service.log.seek(0)
             served = service.log.read()
-    assert seen == str(second.version) and waited < 15, (seen, waited, served[-2000:])
+    # serve.poll_s is an hour: only the webhook can have swapped it (in 1-3 s when idle)
+    assert seen == str(second.version) and waited < 45, (seen, waited, served[-2000:])
     assert f"now serving v{second.version}" in served
 
 

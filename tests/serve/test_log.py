@@ -189,6 +189,7 @@ def test_postgresql_down_for_60_s_costs_no_request_and_no_row(smoke_project, pos
     """The shared log's PostgreSQL stopped for 60 s under load: every request answered, the
     backlog waits on disk (the service's memory stays flat), and once PostgreSQL is back
     every row is written, each once."""
+    import signal
     import time
 
     import psutil
@@ -222,6 +223,8 @@ def test_postgresql_down_for_60_s_costs_no_request_and_no_row(smoke_project, pos
             postgres.start()
         time.sleep(3)
         load = finish()
+        proc.send_signal(signal.SIGTERM)  # the backlog written, however long it takes
+        assert proc.wait(timeout=180) == 0
     failed = [(a.status, a.body[:100]) for a in load.answers if a.status != 200]
     assert not failed, failed[:3]
     assert spool_end - spool_start > 1_000_000  # the backlog went to disk...
