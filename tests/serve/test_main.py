@@ -107,9 +107,10 @@ def test_a_rolling_restart_behind_haproxy_fails_no_request_and_logs_every_answer
 def test_haproxy_sheds_what_the_replicas_cannot_take_with_the_services_own_503(
     smoke_project, tmp_path
 ):
-    """16 requests in flight a replica (the shipped config), 10 ms in HAProxy's queue, then
-    503 with Retry-After and the service's JSON, at once. The replica is stopped (SIGSTOP)
-    for a moment so that the requests pile up deterministically; nothing else is lost."""
+    """16 requests in flight a replica (the shipped config), one more in HAProxy's queue for
+    10 ms, the rest at once: 503 with Retry-After and the service's JSON. The replica is
+    stopped (SIGSTOP) for a moment so that the requests pile up deterministically; nothing
+    else is lost."""
     require("haproxy")
     project = clone_of(smoke_project, tmp_path / "p")
     with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
