@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +125,15 @@ def test_register_moves_the_alias_under_load_and_no_request_fails(smoke_project,
     assert rows_by_version(project) == {str(first): len(old), str(second): len(new)}
 
 
+def _wait_logged(server, text: str, timeout_s: float = 60) -> None:
+    """Until the service's log has ``text`` (read through a file of its own: seeking the
+    server's handle would move the offset the service writes at)."""
+    deadline = time.monotonic() + timeout_s
+    while text not in Path(server.log.name).read_text():
+        assert time.monotonic() < deadline, f"the service never logged {text!r}"
+        time.sleep(0.1)
+
+
 def test_a_version_that_cannot_be_loaded_or_a_lost_alias_keeps_the_current_one(
     smoke_project, tmp_path
 ):
@@ -136,11 +146,11 @@ def test_a_version_that_cannot_be_loaded_or_a_lost_alias_keeps_the_current_one(
     with server as proc:
         broken = client.create_model_version(NAME, str(tmp_path / "gone"), run_id=good.run_id)
         client.set_registered_model_alias(NAME, "champion", broken.version)
-        time.sleep(POLL_S * 4)
+        _wait_logged(server, f"cannot load v{broken.version}")
         load = drive(f"{server.url}/invocations", lambda i: body, concurrency=2, requests=20)
         assert load.errors == 0 and {a.version for a in load.answers} == {str(good.version)}
         client.delete_registered_model_alias(NAME, "champion")
-        time.sleep(POLL_S * 4)
+        _wait_logged(server, "not found in the registry")
         load = drive(f"{server.url}/invocations", lambda i: body, concurrency=2, requests=20)
         assert load.errors == 0 and {a.version for a in load.answers} == {str(good.version)}
         with urllib.request.urlopen(f"{server.url}/metrics") as resp:
