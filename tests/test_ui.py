@@ -132,7 +132,7 @@ def test_runs_view_shows_training_runs_with_test_accuracy(ui, ui_project, page):
 
     links, _ = ui
     pipeline_runs = _pipeline_runs(ui_project)
-    assert len(pipeline_runs) >= 2 and "adam" in pipeline_runs
+    assert len(pipeline_runs) >= 2 and "lr13" in pipeline_runs
     page.goto(links["runs"])
     grid = page.get_by_role("grid")
     for name in _runs(ui_project):  # both pipeline runs, the sweep and its trials
