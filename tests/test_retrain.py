@@ -14,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from pipeline.retrain import due, set_until
+from pipeline.retrain import due, gate_lines, set_until
 from pipeline.testing.project import (
     clone_of,
     feedback_key,
@@ -61,12 +61,15 @@ def aliases(project) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def looped(smoke_project, tmp_path_factory):
     """The smoke champion serves clean test digits, then inverted ones (a shift that costs
-    it most of its accuracy); a user labels them with a key and retrains after each."""
+    it most of its accuracy); a user labels them with a key, and `--if-needed` retrains
+    once, then finds nothing new. (A retrain with no gain is register's gate keeping a
+    challenger: tests/test_register.py, and ``gate_lines`` below.)"""
     project = clone_of(smoke_project, tmp_path_factory.mktemp("loop"))
-    # No gain possible on the first retrain: feedback_repeat 0 trains the champion's run
-    # again. The slices' bound may lose 3 points (the smoke model is trained on 2,000 images).
-    set_params(project, train__feedback_repeat=0, register__max_loss=3.0, serve__poll_s=0.5,
-               retrain__min_labels=300)  # fmt: skip
+    # Rotated copies (the default) are the recipe for real shifts (benchmarks.loop); a
+    # 1-epoch smoke model learns plain inverted copies faster, and this test is the loop.
+    # The slices' bound may lose 3 points (the smoke model is trained on 2,000 images).
+    set_params(project, train__feedback_repeat=10, train__feedback_rotate=0,
+               register__max_loss=3.0, serve__poll_s=0.5, retrain__min_labels=300)  # fmt: skip
     run(["git", "commit", "-qam", "loop params"], project)
     with np.load(project / "data/prepared/test.npz", allow_pickle=False) as z:
         x, y = z["x"], z["y"]
@@ -76,16 +79,12 @@ def looped(smoke_project, tmp_path_factory):
         out["not needed"] = retrain(project, "--if-needed")
         key = feedback_key(project, "labeller")
         label_all(server.url, key, x[:400], y[:400])
-        out["needed"] = retrain(project, "--if-needed")  # 400 labels >= 300: no gain
-        out["after no gain"] = aliases(project)
-        # Rotated copies (the default) are the recipe for real shifts (benchmarks.loop); a
-        # 1-epoch smoke model learns plain inverted copies faster, and this test is the loop.
-        set_params(project, train__feedback_repeat=10, train__feedback_rotate=0)
         label_all(server.url, key, 255 - x[400:1200], y[400:1200])  # inverted digits
         fresh = 255 - x[2000:2500]  # never labelled
         _, _, before = predict(server.url, fresh)
-        out["shifted"] = retrain(project)
+        out["shifted"] = retrain(project, "--if-needed")  # 1,200 labels >= 300
         out["after shift"] = aliases(project)
+        out["again"] = retrain(project, "--if-needed")  # none since the cut-off
         deadline = time.monotonic() + 30
         while (version := predict(server.url, fresh[:1])[1]) != out["after shift"]["champion"]:
             assert time.monotonic() < deadline, f"the service still serves v{version}"
@@ -97,18 +96,30 @@ def looped(smoke_project, tmp_path_factory):
 
 def test_if_needed_says_why_it_runs_or_not(looped):
     assert "no retrain needed" in looped["not needed"].stderr
-    assert "0 new labels" in looped["not needed"].stderr
-    assert "400 new labels" in looped["needed"].stderr
+    assert "0 new labels so far" in looped["not needed"].stderr
+    assert "1200 new labels so far" in looped["shifted"].stderr
+    assert "no retrain needed" in looped["again"].stderr
+    assert "0 new labels since" in looped["again"].stderr  # counted from feedback.until
+    assert "Running stage" not in looped["again"].stderr
 
 
-def test_a_retrain_with_no_gain_is_kept_as_challenger(looped):
-    assert looped["after no gain"] == {"champion": "1", "challenger": "2"}
-    assert "gate: kept" in looped["needed"].stderr
+def test_gate_lines_show_a_kept_candidate_per_slice(tmp_path):
+    """What retrain prints when the gate keeps the candidate (register's decision)."""
+    test = {"count": 10000, "champion_accuracy": 0.9, "candidate_accuracy": 0.9012,
+            "accuracy_diff_pts": 0.12, "accuracy_diff_ci95_pts": [-0.2, 0.44],
+            "p_value": 0.41, "status": "same"}  # fmt: skip
+    record = {"decision": "kept", "reason": "not significantly better on any slice",
+              "slices": {"test": test}}  # fmt: skip
+    (tmp_path / "champion.json").write_text(json.dumps({"gate": record}))
+    head, row = gate_lines(tmp_path / "champion.json")
+    assert head == "gate: kept: not significantly better on any slice"
+    assert row.split() == ["test", "10000", "images", "90.00", "%", "->", "90.12", "%", "+0.12",
+                           "pts", "[-0.20,", "+0.44]", "p", "=", "0.41", "same"]  # fmt: skip
 
 
 def test_a_retrain_on_shifted_labels_is_promoted_and_served(looped):
     project = looped["project"]
-    assert looped["after shift"]["champion"] == "3", looped["shifted"].stderr
+    assert looped["after shift"]["champion"] == "2", looped["shifted"].stderr
     gate = json.loads((project / "data/register/champion.json").read_text())["gate"]
     production = gate["slices"]["production"]
     assert production["status"] == "better" and production["count"] >= 100
