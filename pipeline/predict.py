@@ -3,7 +3,9 @@
 Each image (PNG, JPEG, ...: a scan, a photo, a drawing) is normalized the way MNIST was
 made (:mod:`pipeline.core.imaging`), then the model registered in MLflow as
 ``register.model_name`` with alias ``register.alias`` (params.yaml) classifies them all in
-one batch. One line per image on stdout::
+one batch, with the NumPy forward pass the scoring service answers with (no TensorFlow to
+start: about 2 s instead of 8; Keras, through MLflow's pyfunc, for a model it does not
+implement, such as a bfloat16 one). One line per image on stdout::
 
     scan.png: digit 7 (p=0.998)
 
@@ -19,6 +21,7 @@ import contextlib
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from pipeline.core import imaging, tracking
 from pipeline.core.cli import run
 from pipeline.core.errors import PipelineError
 from pipeline.core.hardware import bfloat16_problem
+from pipeline.core.inference import NumpyModel, UnsupportedModel
 from pipeline.core.params import load_params
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,23 @@ def check_hardware(model_uri: str) -> None:
             )
 
 
+def predict(model_uri: str, images: np.ndarray) -> np.ndarray:
+    """(N, 10) probabilities of ``images`` ((N, 28, 28) uint8) from the model's files: the
+    service's NumPy forward pass, or Keras for what that does not implement."""
+    with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
+        folder = tracking.download_model(model_uri, Path(tmp))
+        try:
+            model = NumpyModel.load(folder / "data" / "model.keras")
+        except UnsupportedModel as e:
+            log.info("%s: %s, predicting with Keras", model_uri, e)
+            check_hardware(model_uri)
+            pyfunc = tracking.load_pyfunc(str(folder))
+            log.info("loaded %s", model_uri)
+            return np.asarray(pyfunc.predict(images), dtype=np.float64)
+    log.info("loaded %s", model_uri)
+    return np.asarray(model.predict(images), dtype=np.float64)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params()
@@ -90,10 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Stdout carries only the results: Keras' progress bar (the pyfunc predicts with
     # verbose="auto") and anything else the flavour prints goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):
-        model = tracking.load_pyfunc(model_uri)
-        check_hardware(model_uri)
-        log.info("loaded %s", model_uri)
-        probs = np.asarray(model.predict(images), dtype=np.float64)
+        probs = predict(model_uri, images)
     if probs.shape != (len(images), 10):
         raise PipelineError(f"{model_uri}: expected (N, 10) probabilities, got {probs.shape}")
     for path, row in zip(args.images, probs, strict=True):
