@@ -30,29 +30,32 @@ from pipeline.testing.project import (
 # file starts last and leaves two workers idle at the end (longest-processing-time-first).
 # pytest-xdist's own order (--dist loadfile) puts the files with the most tests first, which
 # put these, a few slow tests each, at the end. Seconds summed over a file's tests in a
-# fresh-clone CI run at 78117bd (3 workers, 2 cores, AMD EPYC): a guide, not a bound; files
+# fresh-clone CI run at e488ff0 (3 workers, 2 cores, AMD EPYC): a guide, not a bound; files
 # not listed follow in collection order. Each worker starts with one of the first three
 # files: test_first_use and test_predict need no smoke project, so two workers run them
-# while the third builds it (the others would wait on its lock, a core idle).
+# while the third builds it (the others would wait on its lock, a core idle). test_register
+# comes next: it builds the challenger project that test_champion and test_ui share.
 SLOWEST_FIRST = (
-    "tests/test_tracking_server.py",  # 337-438 s
-    "tests/test_first_use.py",  # 52-72 s (20 rounds then; 5 now)
-    "tests/test_predict.py",  # 43-55 s
-    "tests/test_experiments.py",  # 256-278 s
-    "tests/test_retrain.py",  # 189-287 s
-    "tests/test_register.py",  # 225-265 s
-    "tests/tune/test_sweeps.py",  # 183-230 s
-    "tests/test_reliability.py",  # 161-208 s
-    "tests/serve/test_champion.py",  # 172-185 s
-    "tests/test_ui.py",  # 118-136 s
-    "tests/test_team_remote.py",  # 88-119 s
-    "tests/serve/test_log.py",  # 99-114 s
-    "tests/test_docs.py",  # 73-100 s
-    "tests/test_report.py",  # 81-98 s
-    "tests/test_train.py",  # 67-89 s
-    "tests/monitor/test_main.py",  # 70-81 s
-    "tests/serve/test_app.py",  # 49-66 s
-    "tests/serve/test_main.py",  # 43-50 s
+    "tests/test_tracking_server.py",  # 295 s
+    "tests/test_first_use.py",  # 26 s
+    "tests/test_predict.py",  # 30 s
+    "tests/test_register.py",  # 225 s (the challenger project's build included)
+    "tests/tune/test_sweeps.py",  # 251 s
+    "tests/test_experiments.py",  # 159 s
+    "tests/test_reliability.py",  # 124 s
+    "tests/test_retrain.py",  # 113 s
+    "tests/serve/test_log.py",  # 100 s
+    "tests/test_team_remote.py",  # 85 s
+    "tests/test_report.py",  # 85 s
+    "tests/test_train.py",  # 84 s
+    "tests/serve/test_champion.py",  # 71 s
+    "tests/test_ui.py",  # 68 s
+    "tests/test_docs.py",  # 55 s
+    "tests/monitor/test_main.py",  # 51 s
+    "tests/serve/test_main.py",  # 40 s
+    "tests/test_serving.py",  # 35 s
+    "tests/test_operations.py",  # 28 s
+    "tests/serve/test_app.py",  # 25 s
 )
 
 
