@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from pipeline.core import imaging, tracking
 from pipeline.core.cli import run
 from pipeline.core.errors import PipelineError
 from pipeline.core.hardware import bfloat16_problem
-from pipeline.core.inference import NumpyModel, UnsupportedModel
 from pipeline.core.params import load_params
 
 log = logging.getLogger(__name__)
@@ -83,20 +81,12 @@ def check_hardware(model_uri: str) -> None:
 
 
 def predict(model_uri: str, images: np.ndarray) -> np.ndarray:
-    """(N, 10) probabilities of ``images`` ((N, 28, 28) uint8) from the model's files: the
-    service's NumPy forward pass, or Keras for what that does not implement."""
-    with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
-        folder = tracking.download_model(model_uri, Path(tmp))
-        try:
-            model = NumpyModel.load(folder / "data" / "model.keras")
-        except UnsupportedModel as e:
-            log.info("%s: %s, predicting with Keras", model_uri, e)
-            check_hardware(model_uri)
-            pyfunc = tracking.load_pyfunc(str(folder))
-            log.info("loaded %s", model_uri)
-            return np.asarray(pyfunc.predict(images), dtype=np.float64)
-    log.info("loaded %s", model_uri)
-    return np.asarray(model.predict(images), dtype=np.float64)
+    """(N, 10) probabilities of ``images`` ((N, 28, 28) uint8): the service's NumPy forward
+    pass, or Keras for what that does not implement (:func:`tracking.predict_probabilities`)."""
+    check_hardware(model_uri)
+    probs = tracking.predict_probabilities(model_uri, images)
+    log.info("scored with %s", model_uri)
+    return probs
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,6 +20,7 @@ from pipeline.core.tracking.models import (
     logged_labels,
     logged_model_uri,
     model_info,
+    predict_probabilities,
     predicted_labels,
 )
 from pipeline.core.tracking.registry import (
@@ -98,6 +99,7 @@ __all__ = [
     "PREDICTIONS_ARTIFACT",
     "LoggedTest",
     "logged_labels",
+    "predict_probabilities",
     "predicted_labels",
     "model_info",
     "logged_model_uri",

@@ -130,21 +130,44 @@ def predicted_labels(model_uri: str, x: np.ndarray, logged: LoggedTest | None = 
         if found is not None:
             model_info(model_uri)  # the model itself must still be there
             return found
+    try:
+        probs = predict_probabilities(model_uri, x)
+    except TrackingError:
+        raise
+    except Exception as e:  # an unreadable model may fail only when it runs
+        raise TrackingError(f"{model_uri} cannot predict: {error_line(e)}") from None
+    return probs.argmax(axis=1)
+
+
+def predict_probabilities(model_uri: str, x: np.ndarray) -> np.ndarray:
+    """(N, 10) probabilities of a logged or registered model for ``x`` (N×28×28 uint8),
+    from its files: the NumPy forward pass that the scoring service answers with
+    (:class:`pipeline.core.inference.NumpyModel`: no TensorFlow to import, ~5 s a process),
+    or Keras through MLflow's pyfunc for a model that pass does not implement (a bfloat16
+    one, another architecture, a model without a ``.keras`` file)."""
     import contextlib
     import sys
+    import tempfile
 
     import numpy as np
 
-    from pipeline.core.backend import keras
+    from pipeline.core.errors import DataError
+    from pipeline.core.inference import NumpyModel, UnsupportedModel
 
-    keras.config.disable_interactive_logging()  # no progress bar per prediction in logs
-    with contextlib.redirect_stdout(sys.stderr):
-        model = load_pyfunc(model_uri)
+    with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+        folder = download_model(model_uri, Path(tmp))
         try:
-            probs = np.asarray(model.predict(x))
-        except Exception as e:  # an unreadable model may fail only when it runs
-            raise TrackingError(f"{model_uri} cannot predict: {error_line(e)}") from None
-    return probs.argmax(axis=1)
+            model = NumpyModel.load(folder / "data" / "model.keras")
+        except (UnsupportedModel, DataError) as e:
+            log.info("%s: %s, predicting with Keras", model_uri, e)
+        else:
+            return np.asarray(model.predict(x), dtype=np.float64)
+        from pipeline.core.backend import keras
+
+        keras.config.disable_interactive_logging()  # no progress bar per prediction in logs
+        with contextlib.redirect_stdout(sys.stderr):
+            pyfunc = load_pyfunc(str(folder))
+            return np.asarray(pyfunc.predict(x), dtype=np.float64)
 
 
 @dataclass(frozen=True)

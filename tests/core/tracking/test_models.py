@@ -23,7 +23,26 @@ def test_a_logged_model_has_its_signature_and_predicts_as_keras(experiment_id):
     assert (str(outputs.type), outputs.shape) == ("float32", (-1, 10))
     probs = np.asarray(tracking.load_pyfunc(uri).predict(x))
     np.testing.assert_allclose(probs, model.predict(x, verbose=0), atol=1e-6)
+    # The gate, compare, report and predict score with the service's NumPy forward pass
+    np.testing.assert_allclose(tracking.predict_probabilities(uri, x), probs, atol=1e-5)
     assert tracking.predicted_labels(uri, x).tolist() == probs.argmax(axis=1).tolist()
+
+
+@pytest.mark.slow
+def test_a_model_the_numpy_pass_does_not_implement_is_scored_with_keras(experiment_id, caplog):
+    from pipeline.core.backend import keras
+
+    model = keras.Sequential([
+        keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.BatchNormalization(),
+        keras.layers.Dense(10, activation="softmax"),
+    ])  # fmt: skip
+    x = np.random.default_rng(1).integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+    with tracking.active_run(experiment_id=experiment_id):
+        uri = tracking.log_model(model, x[:2])
+    with caplog.at_level("INFO"):
+        probs = tracking.predict_probabilities(uri, x)
+    assert "layer BatchNormalization, predicting with Keras" in caplog.text
+    np.testing.assert_allclose(probs, model.predict(x, verbose=0), atol=1e-6)
 
 
 def _evaluated_run(experiment_id, digest: str, rows: str) -> str:
