@@ -17,7 +17,6 @@ one ``error:`` line naming it, and exit status 1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
@@ -80,15 +79,6 @@ def check_hardware(model_uri: str) -> None:
             )
 
 
-def predict(model_uri: str, images: np.ndarray) -> np.ndarray:
-    """(N, 10) probabilities of ``images`` ((N, 28, 28) uint8): the service's NumPy forward
-    pass, or Keras for what that does not implement (:func:`tracking.predict_probabilities`)."""
-    check_hardware(model_uri)
-    probs = tracking.predict_probabilities(model_uri, images)
-    log.info("scored with %s", model_uri)
-    return probs
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params()
@@ -98,10 +88,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     name, alias = params.register.model_name, params.register.alias
     if not args.model_uri and tracking.alias_target(name, alias) is None:
         raise PipelineError(tracking.why_no_champion(name, alias, params.tracking.experiment))
-    # Stdout carries only the results: Keras' progress bar (the pyfunc predicts with
-    # verbose="auto") and anything else the flavour prints goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
-        probs = predict(model_uri, images)
+    check_hardware(model_uri)
+    probs = tracking.predict_probabilities(model_uri, images)  # stdout: the results alone
     if probs.shape != (len(images), 10):
         raise PipelineError(f"{model_uri}: expected (N, 10) probabilities, got {probs.shape}")
     for path, row in zip(args.images, probs, strict=True):

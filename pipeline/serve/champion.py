@@ -26,7 +26,6 @@ import numpy as np
 
 from pipeline.core import tracking
 from pipeline.core.errors import PipelineError, first_line
-from pipeline.core.inference import NumpyModel, UnsupportedModel
 from pipeline.serve import metrics
 
 log = logging.getLogger(__name__)
@@ -57,14 +56,10 @@ def load_version(name: str, version: str, workdir: Path) -> Loaded:
         raise PipelineError(f"{uri}: no such version")
     dst = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=workdir))
     try:  # both engines read the whole model into memory: its files go right after
-        folder = tracking.download_model(uri, dst)
-        try:
-            numpy_model = NumpyModel.load(folder / "data" / "model.keras")
-            predict, engine = numpy_model.forward, "numpy"
-        except UnsupportedModel as e:
-            log.info("%s: %s, served with Keras", uri, e)
-            pyfunc = tracking.load_pyfunc(str(folder))
-            predict, engine = (lambda x: np.asarray(pyfunc.predict(x), np.float32)), "keras"
+        engine, model = tracking.load_model_files(tracking.download_model(uri, dst), uri)
+        # The batcher hands the NumPy pass whole batches (forward); pyfunc batches itself.
+        predict = (model.forward if engine == "numpy"
+                   else lambda x: np.asarray(model.predict(x), np.float32))  # fmt: skip
     finally:
         shutil.rmtree(dst, ignore_errors=True)
     probs = predict(np.zeros((2, 28, 28), np.float32))  # warm: the first call pays setup

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # imported lazily at run time: MLflow and Keras take seconds 
     from mlflow.models.model import ModelInfo
     from mlflow.pyfunc import PyFuncModel
 
+    from pipeline.core.inference import NumpyModel
+
 log = logging.getLogger(__name__)
 
 
@@ -139,35 +141,37 @@ def predicted_labels(model_uri: str, x: np.ndarray, logged: LoggedTest | None = 
     return probs.argmax(axis=1)
 
 
+def load_model_files(folder: Path, model_uri: str) -> tuple[str, NumpyModel | PyFuncModel]:
+    """The model in a downloaded MLmodel ``folder``: ``("numpy", NumpyModel)``, the forward
+    pass in NumPy (no TensorFlow to import, ~5 s a process), or ``("keras", pyfunc)`` for a
+    model that pass does not implement (a bfloat16 one, another architecture, no ``.keras``
+    file). Both answer ``predict(x)`` with (N, 10) probabilities."""
+    from pipeline.core.errors import DataError
+    from pipeline.core.inference import NumpyModel, UnsupportedModel
+
+    try:
+        return "numpy", NumpyModel.load(folder / "data" / "model.keras")
+    except (UnsupportedModel, DataError) as e:
+        log.info("%s: %s, predicting with Keras", model_uri, e)
+    from pipeline.core.backend import keras
+
+    keras.config.disable_interactive_logging()  # no progress bar per prediction in logs
+    return "keras", load_pyfunc(str(folder))
+
+
 def predict_probabilities(model_uri: str, x: np.ndarray) -> np.ndarray:
     """(N, 10) probabilities of a logged or registered model for ``x`` (N×28×28 uint8),
-    from its files: the NumPy forward pass that the scoring service answers with
-    (:class:`pipeline.core.inference.NumpyModel`: no TensorFlow to import, ~5 s a process),
-    or Keras through MLflow's pyfunc for a model that pass does not implement (a bfloat16
-    one, another architecture, a model without a ``.keras`` file)."""
+    scored as the service scores it (:func:`load_model_files`)."""
     import contextlib
     import sys
     import tempfile
 
     import numpy as np
 
-    from pipeline.core.errors import DataError
-    from pipeline.core.inference import NumpyModel, UnsupportedModel
-
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
-        folder = download_model(model_uri, Path(tmp))
-        try:
-            model = NumpyModel.load(folder / "data" / "model.keras")
-        except (UnsupportedModel, DataError) as e:
-            log.info("%s: %s, predicting with Keras", model_uri, e)
-        else:
+        _, model = load_model_files(download_model(model_uri, Path(tmp)), model_uri)
+        with contextlib.redirect_stdout(sys.stderr):  # what a flavour prints is not a result
             return np.asarray(model.predict(x), dtype=np.float64)
-        from pipeline.core.backend import keras
-
-        keras.config.disable_interactive_logging()  # no progress bar per prediction in logs
-        with contextlib.redirect_stdout(sys.stderr):
-            pyfunc = load_pyfunc(str(folder))
-            return np.asarray(pyfunc.predict(x), dtype=np.float64)
 
 
 @dataclass(frozen=True)
