@@ -220,7 +220,10 @@ class NumpyModel:
     def embed(self, x: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
         """The penultimate layer's output (F6: (N, 84) for LeNet-5), batch by batch: what
         the output layer sees, the embedding that monitoring compares."""
-        out = [self.forward(x[i : i + batch_size], -1) for i in range(0, len(x), batch_size)]
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):  # (see predict)
+            out = [self.forward(x[i : i + batch_size], -1) for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def predict(self, x: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
@@ -231,7 +234,10 @@ class NumpyModel:
         core) under a thread per core, the two oversubscribe the cores, and the 10,000 test
         images took 1.0-1.07 s instead of 0.70-0.77 s (2 cores, AMD EPYC AVX2). The
         probabilities moved by at most 6e-8 (float32 rounding; no label changed), and no
-        longer depend on how many threads the BLAS would have picked.
+        longer depend on how many threads the BLAS would have picked. A caller that runs
+        forward passes one after another (the service) calls :meth:`forward` under
+        :func:`pin_blas_to_one_thread` instead: ``threadpool_limits`` scans every loaded
+        library, 1.4 ms a call, and a pool costs as much again.
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -240,6 +246,21 @@ class NumpyModel:
         batches = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
         if not batches:
             return np.zeros((0, 10), np.float32)
-        workers = min(len(batches), os.cpu_count() or 1)
-        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-            return np.concatenate(list(pool.map(self.forward, batches)))
+        with threadpool_limits(limits=1, user_api="blas"):
+            if len(batches) == 1:
+                return self.forward(batches[0])
+            with ThreadPoolExecutor(min(len(batches), os.cpu_count() or 1)) as pool:
+                return np.concatenate(list(pool.map(self.forward, batches)))
+
+
+def pin_blas_to_one_thread() -> None:
+    """One BLAS thread for the rest of the process (every BLAS loaded by now): for a
+    process that runs forward passes one after another, the service's batcher. At the
+    BLAS's default, a thread per core, its second thread spins between calls, waiting for
+    the next: the service's forward passes of a few images, 140 a second, kept it busy,
+    and the process used 1.3 cores where it needed 0.35 (2 cores, AMD EPYC AVX2). One
+    thread is also faster on LeNet-5's matrices: 128 images 11.8 ms against 13.9 ms
+    (BENCHMARKS.md)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")  # (not restored: for good)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.core.inference import pin_blas_to_one_thread
 from pipeline.serve import metrics
 from pipeline.serve.champion import Loaded
 
@@ -61,8 +62,10 @@ class Batcher:
         self._rate = 0.0
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._carry: _Item | None = None  # a request for the next batch (another version)
-        # one thread: the forward pass uses the BLAS's threads, the event loop the rest
+        # One thread runs the forward passes, with one BLAS thread (pin_blas_to_one_thread:
+        # a second one spins between passes); the event loop has the other core.
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="forward")
+        pin_blas_to_one_thread()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:

@@ -2,6 +2,7 @@
 requests that arrived on different versions are never batched together."""
 
 import asyncio
+import os
 
 import numpy as np
 
@@ -142,3 +143,30 @@ def test_a_request_that_waited_past_max_queue_ms_is_refused_not_computed():
     assert isinstance(outs[0], np.ndarray)  # the first went straight to the forward pass
     assert [o.reason for o in outs[1:]] == ["waited", "waited"]  # 100 ms > 30 ms
     assert calls == [1] and expected == "expected_wait"
+
+
+def test_the_batcher_leaves_the_blas_one_thread():
+    """A second BLAS thread spins between the batcher's forward passes (a core burnt at a
+    moderate load): a process with a batcher runs the BLAS on one thread. Checked in a
+    fresh process, where NumPy's BLAS starts with a thread per core."""
+    import json
+    import subprocess
+    import sys
+
+    code = """if True:
+        import json, os
+        from threadpoolctl import threadpool_info
+        from pipeline.serve.batcher import Batcher
+        def blas():
+            return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        before = blas()
+        Batcher(max_batch=8, max_wait_ms=1)
+        print(json.dumps([os.cpu_count(), before, blas()]))
+    """
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, check=True)  # fmt: skip
+    cores, before, after = json.loads(proc.stdout)
+    assert after and set(after) == {1}
+    if cores > 1:
+        assert max(before) > 1  # (what the batcher changed)
