@@ -212,12 +212,17 @@ def _fresh_clone(origin, dest):
 
 def test_a_fresh_clone_repro_registers_a_champion_the_service_serves(committed, tmp_path):
     """The newcomer's path: clone, `dvc repro` with an empty store (bit-identical evaluate
-    outputs, so only the missing receipt makes register run), then the service answers."""
+    outputs, so only the missing receipt makes register run), then the service answers.
+
+    Also the train stage's determinism: the same seed on another machine's copy gives the
+    same learning curves and evaluation, bit for bit, in a run of another name."""
     project = _fresh_clone(committed, tmp_path / "clone")
     repro = run(["dvc", "repro"], project)
-    assert "Running stage 'register'" in repro.stdout
-    # The pipeline reproduced bit for bit: evaluate's committed outputs are unchanged...
-    assert not run(["git", "status", "--porcelain", "data/eval"], project).stdout.strip()
+    assert "Running stage 'train'" in repro.stdout and "Running stage 'register'" in repro.stdout
+    # The pipeline reproduced bit for bit: the committed learning curves and evaluate's
+    # outputs are unchanged...
+    changed = ["git", "status", "--porcelain", "data/eval", "data/train/history.csv"]
+    assert not run(changed, project).stdout.strip()
     # ...and still this store got its own champion, and champion.json says so.
     client = mlflow_client(project)
     champion = client.get_model_version_by_alias(NAME, "champion")
@@ -231,6 +236,15 @@ def test_a_fresh_clone_repro_registers_a_champion_the_service_serves(committed, 
     assert out["store"] == "the local store mlflow.db"
     receipt = json.loads((project / "data/register/store.json").read_text())
     assert receipt == {**receipt, "version": 1, "run_id": champion.run_id}
+    # The train stage seeds Python's random: the run is named by the pipeline, not by
+    # MLflow's random names, which would repeat the teammate's run's name.
+    theirs = mlflow_client(committed).get_run(
+        json.loads((committed / "data/train/run.json").read_text())["run_id"]
+    )
+    ours = client.get_run(champion.run_id)
+    assert ours.info.run_name.startswith("workspace-")
+    assert ours.info.run_name != theirs.info.run_name
+    assert ours.data.metrics["val_loss"] == theirs.data.metrics["val_loss"]
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], project).stdout
 
     from pipeline.testing.project import scoring_service
