@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,14 @@ pytestmark = pytest.mark.slow
 
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+
+
+def _finished_experiments(project) -> int:
+    """Experiments with a result: DVC keeps each as a git ref refs/exps/<baseline commit,
+    split after 2 characters>/<name>; its queue's stash and executors use other names
+    under refs/exps (celery/, exec/, temp/)."""
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], project).stdout
+    return sum(1 for ref in refs.split() if re.fullmatch(r"refs/exps/[0-9a-f]{2}/.+", ref))
 
 
 def _queue_busy(project) -> bool:
@@ -77,11 +86,17 @@ def queued(smoke_project, tmp_path_factory):
             cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             timeout=120, check=True,
         )  # fmt: skip
-        # Each `dvc queue status` is a DVC process (1.6 CPU-seconds), and an experiment
-        # here takes 40-50 s: asking every 10 s, not 3, leaves the cores to the workers.
-        deadline = time.monotonic() + 900
-        while _queue_busy(project) and time.monotonic() < deadline:
-            time.sleep(10)
+        # Each `dvc queue status` is a DVC process (1.6 CPU-seconds) and an experiment
+        # here takes 40-50 s: DVC is asked once both experiments have their git ref (a
+        # `git` call, milliseconds), or every 30 s in case one failed and never will.
+        deadline, asked = time.monotonic() + 900, time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            if _finished_experiments(project) < 2 and time.monotonic() - asked < 30:
+                continue
+            if not _queue_busy(project):
+                break
+            asked = time.monotonic()
         status = run(["dvc", "queue", "status"], project).stdout
     finally:
         run(["dvc", "queue", "stop", "--kill"], project, env, check=False)
