@@ -7,18 +7,23 @@ BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Stage commands (`python -m pipeline.x`) must find the venv's python.
 export PATH := $(BIN):$(PATH)
+# Setup does not byte-compile the 16,000 modules it installs (30 s of 2 cores, most of
+# setup); each is compiled the first time a process imports it, about a third of them.
+# That needs bytecode writes, which a PYTHONDONTWRITEBYTECODE from a Docker image or a CI
+# runner would turn off for every process: TensorFlow alone then costs 13 CPU-s a start.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup system-deps repro test test-fast lint format clean tracking-server ui serve monitor retrain docs
 
 setup: $(STAMP)
 
 # uv installs what pip would, ~3x faster (a fresh venv: 35-55 s against pip's 130 s on
-# 2 cores; BENCHMARKS.md), byte-compiled as pip does. It does not read pip's configuration:
+# 2 cores; BENCHMARKS.md), not byte-compiled (above). It does not read pip's configuration:
 # .ci/uv_args.py passes pip's indexes, find-links and constraints on. pip is the fallback.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode \
+	$(BIN)/uv pip install --python $(BIN)/python --quiet \
 		--index-strategy unsafe-best-match $$($(BIN)/python .ci/uv_args.py) -e '.[dev]' \
 	|| $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
