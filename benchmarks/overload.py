@@ -21,7 +21,7 @@ The same phases with h2load, an open-loop client in C (each request on a new con
 ``rate`` connections a second, whether or not the earlier ones were answered: the
 client keeps up where the asyncio one cannot), first straight at the service, then
 through the shipped HAProxy config (docs/operations/haproxy.cfg: 16 requests in flight a
-replica, 10 ms in HAProxy's queue, then 503). Its two server lines both point at the one
+replica, 4 ms in HAProxy's queue, then 503). Its two server lines both point at the one
 service here, each with ``maxconn 8``: the 16 in flight the config gives each replica.
 """
 

@@ -108,7 +108,7 @@ def test_haproxy_sheds_what_the_replicas_cannot_take_with_the_services_own_503(
     smoke_project, tmp_path
 ):
     """16 requests in flight a replica (the shipped config), one more in HAProxy's queue for
-    10 ms, the rest at once: 503 with Retry-After and the service's JSON. The replica is
+    4 ms, the rest at once: 503 with Retry-After and the service's JSON. The replica is
     stopped (SIGSTOP) for a moment so that the requests pile up deterministically; nothing
     else is lost."""
     require("haproxy")
