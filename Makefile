@@ -7,17 +7,18 @@ BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Stage commands (`python -m pipeline.x`) must find the venv's python.
 export PATH := $(BIN):$(PATH)
-# Setup does not byte-compile the 16,000 modules it installs (30 s of 2 cores, most of
-# setup); each is compiled the first time a process imports it, about a third of them.
-# That needs bytecode writes, which a PYTHONDONTWRITEBYTECODE from a Docker image or a CI
-# runner would turn off for every process: TensorFlow alone then costs 13 CPU-s a start.
+# Setup does not byte-compile all 16,000 modules it installs (30 s of 2 cores); it compiles
+# what the commands import (.ci/compile_imports.py, 13 s), and any other module is compiled
+# the first time a process imports it. That needs bytecode writes, which a
+# PYTHONDONTWRITEBYTECODE from a Docker image or a CI runner turns off: make's commands
+# write bytecode anyway (into .venv and git-ignored __pycache__ folders).
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup system-deps repro test test-fast lint format clean tracking-server ui serve monitor retrain docs
 
 setup: $(STAMP)
 
-# uv installs what pip would, faster: a fresh venv in 11 s, not byte-compiled (above), against
+# uv installs what pip would, faster: a fresh venv in about 25 s with the compiling above, against
 # pip's 130 s on 2 cores (BENCHMARKS.md). It does not read pip's configuration:
 # .ci/uv_args.py passes pip's indexes, find-links and constraints on. pip is the fallback.
 $(STAMP): pyproject.toml
@@ -26,6 +27,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/uv pip install --python $(BIN)/python --quiet \
 		--index-strategy unsafe-best-match $$($(BIN)/python .ci/uv_args.py) -e '.[dev]' \
 	|| $(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python .ci/compile_imports.py
 	touch $(STAMP)
 
 # What the full suite needs outside Python (Debian/Ubuntu): PostgreSQL's server binaries
