@@ -38,7 +38,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for code in GROUPS
     ]
     errors = [err for proc in procs if (err := proc.communicate()[1]) and proc.returncode]
